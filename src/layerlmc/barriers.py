@@ -1,0 +1,146 @@
+"""Barriers as pure functions of point records (DESIGN.md §1).
+
+For a path θ(α) and a metric M (``loss`` or ``error`` = 1 − accuracy):
+
+- ``midpoint``: M(θ(½)) − (r0 + r1)/2
+- ``max``: max over the grid's α in [0, 1] of M(θ(α)) − ((1−α)·r0 + α·r1)
+
+with references ``models`` (r0, r1 = the metrics of the full endpoint models a and b, the
+paper's choice also for single-layer paths) or ``path`` (the path's own α=0 and α=1 points).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .errors import LayerLMCError, unknown
+from .results import BARRIER_COLUMNS
+
+DEFINITIONS = ("midpoint", "max")
+REFERENCES = ("models", "path")
+METRICS = ("loss", "error")
+PATH_FIELDS = ["step", "unit", "kind", "group", "group_index", "base", "order", "split"]
+
+
+def check_choices(definitions: Sequence[str], references: Sequence[str]) -> None:
+    for d in definitions:
+        if d not in DEFINITIONS:
+            raise unknown("barrier definition", d, DEFINITIONS)
+    for r in references:
+        if r not in REFERENCES:
+            raise unknown("barrier reference", r, REFERENCES)
+    if not definitions or not references:
+        raise LayerLMCError("at least one barrier definition and one reference are needed")
+
+
+def needed_alphas(definitions: Sequence[str], references: Sequence[str], grid: Sequence[float]) -> set[float]:
+    """The α values a path must have evaluated for the requested barriers."""
+    need: set[float] = set()
+    if "midpoint" in definitions:
+        need.add(0.5)
+    if "max" in definitions:
+        need.update(a for a in grid if 0.0 <= a <= 1.0)
+        need.update((0.0, 1.0))
+    if "path" in references:
+        need.update((0.0, 1.0))
+    return need
+
+
+def barrier_value(
+    alphas: Sequence[float], values: Sequence[float], r0: float, r1: float, definition: str
+) -> float:
+    """One barrier of one path; NaN when the grid lacks what the definition needs."""
+    curve = dict(zip(alphas, values))
+    if definition == "midpoint":
+        if 0.5 not in curve:
+            return math.nan
+        return curve[0.5] - (r0 + r1) / 2
+    inside = [(a, v) for a, v in curve.items() if 0.0 <= a <= 1.0]
+    if not inside:
+        return math.nan
+    gaps = [v - ((1 - a) * r0 + a * r1) for a, v in inside]
+    # a NaN anywhere on the path makes the barrier NaN rather than silently skipped
+    return math.nan if any(g != g for g in gaps) else max(gaps)
+
+
+def compute_barriers(
+    points: pd.DataFrame,
+    definitions: Sequence[str] = ("midpoint",),
+    references: Sequence[str] = ("models",),
+    metrics: Sequence[str] = METRICS,
+) -> pd.DataFrame:
+    """Barrier rows (``barriers.csv`` columns) for every path in ``points``.
+
+    ``points`` holds the point records of DESIGN.md §4, including the ``endpoint`` records of
+    ``a`` and ``b`` for each step and split.
+    """
+    check_choices(definitions, references)
+    if points.empty:
+        return pd.DataFrame(columns=list(BARRIER_COLUMNS))
+    points = points.copy()
+    points["error"] = 1.0 - points["accuracy"]
+    # pandas drops NaN keys in groupby; step/unit/base/order are legitimately null here
+    keyed = points.astype({c: object for c in PATH_FIELDS}).fillna({c: "\0" for c in PATH_FIELDS})
+    endpoints = keyed[keyed["kind"] == "endpoint"]
+    reference = {
+        (row.step, row.unit, row.split, row.base): row for row in endpoints.itertuples(index=False)
+    }
+    rows = []
+    for key, path in keyed[keyed["kind"] != "endpoint"].groupby(PATH_FIELDS, sort=False):
+        fields = dict(zip(PATH_FIELDS, key))
+        path = path.sort_values("alpha")
+        alphas = path["alpha"].tolist()
+        end_a = reference.get((fields["step"], fields["unit"], fields["split"], "a"))
+        end_b = reference.get((fields["step"], fields["unit"], fields["split"], "b"))
+        for metric in metrics:
+            values = path[metric].tolist()
+            curve = dict(zip(alphas, values))
+            for ref in references:
+                if ref == "models":
+                    if end_a is None or end_b is None:
+                        continue
+                    r0, r1 = getattr(end_a, metric), getattr(end_b, metric)
+                else:
+                    if 0.0 not in curve or 1.0 not in curve:
+                        continue
+                    r0, r1 = curve[0.0], curve[1.0]
+                for definition in definitions:
+                    value = barrier_value(alphas, values, r0, r1, definition)
+                    rows.append({**fields, "metric": metric, "definition": definition,
+                                 "reference": ref, "value": value})
+    table = pd.DataFrame(rows, columns=list(BARRIER_COLUMNS))
+    return table.replace({c: {"\0": None} for c in PATH_FIELDS})
+
+
+def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", reference: str = "models") -> pd.DataFrame:
+    """The view printed by the CLI: one row per path (full, then groups, then cumulative
+    prefixes), one column per split × metric × base. The full path has no base, so its
+    barrier is shown under every base."""
+    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    if chosen.empty:
+        return pd.DataFrame()
+    is_full = chosen["kind"] == "full"
+    bases = sorted(set(chosen.loc[~is_full, "base"].dropna())) or [None]
+    rows = pd.concat([chosen[is_full].assign(base=b) for b in bases] + [chosen[~is_full]])
+    rows = rows.assign(
+        rank=rows["kind"].map({"full": 0, "group": 1, "cumulative": 2}),
+        position=rows["group_index"].fillna(-1),
+        path=[
+            f"{o} +{g}" if k == "cumulative" else g
+            for k, o, g in zip(rows["kind"], rows["order"], rows["group"])
+        ],
+        column=[
+            f"{s} {m}" + (f" [{b}]" if isinstance(b, str) else "")
+            for s, m, b in zip(rows["split"], rows["metric"], rows["base"])
+        ],
+    )
+    rows = rows.sort_values(["rank", "order", "position"], na_position="first", kind="stable")
+    table = rows.pivot(index=["rank", "order", "position", "path"], columns="column", values="value")
+    table = table.sort_index(na_position="first").droplevel(["rank", "order", "position"])
+    split_rank = {s: i for i, s in enumerate(dict.fromkeys(rows["split"]))}
+    metric_rank = {m: i for i, m in enumerate(METRICS)}
+    columns = sorted(table.columns, key=lambda c: (split_rank[c.split()[0]], metric_rank[c.split()[1]], c))
+    return table[columns]

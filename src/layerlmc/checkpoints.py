@@ -1,0 +1,170 @@
+"""Load and save state dicts safely, and check that two of them fit one model.
+
+Loading never unpickles arbitrary objects: safetensors files are read as they are and
+``.pt/.pth/.bin`` files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import LayerLMCError
+
+StateDict = dict[str, torch.Tensor]
+
+#: Keys under which training scripts commonly nest the weights, tried in this order.
+NESTED_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "model_state",
+    "weights",
+    "params",
+    "last",
+    "ema",
+)
+#: Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def load_state_dict(path: str | Path) -> StateDict:
+    """Read a state dict from a safetensors or a weights-only torch file.
+
+    Nested checkpoints (``{"state_dict": ...}``, ``{"model": ...}``, ...) are unwrapped and the
+    ``module.`` / ``_orig_mod.`` prefixes stripped. Raises :class:`LayerLMCError` naming the file
+    for anything that is missing, unreadable, truncated or would need code to unpickle.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LayerLMCError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise LayerLMCError(f"checkpoint is not a file: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            raw = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise LayerLMCError(f"cannot read safetensors checkpoint {path}: {_first_line(err)}") from None
+    else:
+        raw = _load_weights_only(path)
+    return strip_wrapper_prefixes(unwrap_state_dict(raw, path))
+
+
+def _load_weights_only(path: Path) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses any global that is not a tensor or a plain container.
+        detail = _first_line(err).split("Unsupported global: ")[-1].split(" was not")[0]
+        raise LayerLMCError(
+            f"refused to load {path}: it is a pickle that needs code to load ({detail}); "
+            "re-save its state_dict with torch.save(model.state_dict(), ...) or as safetensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise LayerLMCError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+
+
+def unwrap_state_dict(obj: object, where: str | Path = "checkpoint") -> StateDict:
+    """Find the tensor mapping inside a (possibly nested) checkpoint object."""
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        for key in NESTED_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                try:
+                    return unwrap_state_dict(obj[key], where)
+                except LayerLMCError:
+                    continue
+        # A training checkpoint mixing tensors with counters ("epoch": 3) keeps its tensors.
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise LayerLMCError(f"no state dict found in {where} (top-level keys: {keys or 'none'})")
+    raise LayerLMCError(f"no state dict found in {where}: it holds a {type(obj).__name__}")
+
+
+def strip_wrapper_prefixes(state: StateDict) -> StateDict:
+    out: StateDict = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Save as safetensors (the default format); tied tensors are stored once per key."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        save_file(tensors, str(tmp))
+    else:
+        torch.save(tensors, str(tmp))
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def check_pair(a: StateDict, b: StateDict, expected: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise a :class:`LayerLMCError` naming every key that does not fit.
+
+    ``expected`` is the model's own ``state_dict()``; when given, both checkpoints must have
+    exactly its keys, shapes and dtypes.
+    """
+    problems: list[str] = []
+    problems += _compare("a", a, "b", b)
+    if expected is not None:
+        for name, state in (("a", a), ("b", b)):
+            problems += _compare(name, state, "the model", expected)
+    if problems:
+        # de-duplicate while keeping order: the same key often differs from both sides
+        seen = dict.fromkeys(problems)
+        shown = list(seen)[:6]
+        more = f"; and {len(seen) - 6} more" if len(seen) > 6 else ""
+        raise LayerLMCError("checkpoints do not match: " + "; ".join(shown) + more)
+
+
+def _compare(name: str, state: Mapping, other_name: str, other: Mapping) -> list[str]:
+    problems = []
+    missing = [k for k in other if k not in state]
+    extra = [k for k in state if k not in other]
+    if missing:
+        problems.append(f"{name} lacks {_keys(missing)} that {other_name} has")
+    if extra:
+        problems.append(f"{name} has {_keys(extra)} that {other_name} lacks")
+    for key in state:
+        if key in other:
+            x, y = state[key], other[key]
+            if tuple(x.shape) != tuple(y.shape):
+                problems.append(
+                    f"{key}: shape {list(x.shape)} in {name} vs {list(y.shape)} in {other_name}"
+                )
+            elif x.dtype != y.dtype:
+                problems.append(f"{key}: dtype {x.dtype} in {name} vs {y.dtype} in {other_name}")
+    return problems
+
+
+def _keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+    return ("key " if len(keys) == 1 else "keys ") + shown
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import click
+
+from .. import specs  # noqa: F401  (registers built-ins)
+from ..layers import SCHEMES
+from ..registry import datasets, models
+
+
+@click.command("ls")
+@click.argument("what", type=click.Choice(["models", "datasets", "schemes"]))
+def ls_command(what: str) -> None:
+    """List the built-in models, datasets or layer-group schemes."""
+    if what == "schemes":
+        for name in SCHEMES:
+            click.echo(name)
+        return
+    registry = models if what == "models" else datasets
+    for entry in registry.entries():
+        click.echo(f"{entry.name:16s} {entry.summary}")

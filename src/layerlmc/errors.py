@@ -1,0 +1,24 @@
+"""User-facing errors: one clear line, no traceback (the CLI prints ``str(error)``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LayerLMCError(Exception):
+    """A mistake in the user's input (file, name, option, data) rather than a bug."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or the list of choices when none is close."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    return f" (choices: {shown})" if choices else ""
+
+
+def unknown(what: str, name: str, choices: Iterable[str]) -> LayerLMCError:
+    return LayerLMCError(f"unknown {what} '{name}'{did_you_mean(name, choices)}")

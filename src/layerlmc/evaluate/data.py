@@ -1,0 +1,98 @@
+"""Turn a user's splits into tensors on the device, once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import LayerLMCError
+
+
+@dataclass
+class Split:
+    """Inputs and integer labels of one split, already on the evaluation device."""
+
+    name: str
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise LayerLMCError(f"unknown device '{device}': use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LayerLMCError(f"device '{device}' was asked for but CUDA is not available here")
+    return resolved
+
+
+def prepare_splits(
+    data: Mapping[str, object],
+    splits: list[str] | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Split]:
+    """Tensors for each requested split, optionally a fixed seeded subset of ``max_examples``.
+
+    Each split of ``data`` is an ``(inputs, labels)`` pair of tensors (or arrays) or a torch
+    ``Dataset`` yielding ``(input, label)`` items, which is read once and stacked.
+    """
+    if not isinstance(data, Mapping) or not data:
+        raise LayerLMCError(
+            "the data must be a non-empty dict of splits, e.g. {'train': (x, y), 'test': (x, y)}"
+        )
+    names = list(splits) if splits else list(data)
+    out = {}
+    for name in names:
+        if name not in data:
+            from ..errors import unknown
+
+            raise unknown("split", name, data)
+        inputs, labels = _as_tensors(name, data[name])
+        if labels.shape[0] == 0:
+            raise LayerLMCError(f"split '{name}' is empty")
+        if inputs.shape[0] != labels.shape[0]:
+            raise LayerLMCError(
+                f"split '{name}' has {inputs.shape[0]} inputs but {labels.shape[0]} labels"
+            )
+        if labels.is_floating_point() or labels.is_complex():
+            raise LayerLMCError(f"split '{name}': labels must be integer class indices, got {labels.dtype}")
+        if max_examples is not None and max_examples < labels.shape[0]:
+            # the same seed always picks the same examples, whatever else the run does
+            generator = torch.Generator().manual_seed(seed)
+            index = torch.randperm(labels.shape[0], generator=generator)[:max_examples].sort().values
+            inputs, labels = inputs[index], labels[index]
+        out[name] = Split(name, inputs.to(device), labels.long().to(device))
+    return out
+
+
+def _as_tensors(name: str, split: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(split, Dataset) or (hasattr(split, "__getitem__") and hasattr(split, "__len__")
+                                      and not isinstance(split, (tuple, list))):
+        items = [split[i] for i in range(len(split))]
+        if not items:
+            raise LayerLMCError(f"split '{name}' is empty")
+        try:
+            inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
+            labels = torch.as_tensor([int(y) if not torch.is_tensor(y) or y.ndim == 0 else y for _, y in items])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise LayerLMCError(f"split '{name}': items must be (input, label) pairs ({err})") from None
+        return inputs, labels
+    if isinstance(split, (tuple, list)) and len(split) == 2:
+        try:
+            return torch.as_tensor(split[0]), torch.as_tensor(split[1])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise LayerLMCError(f"split '{name}': cannot make tensors of it ({err})") from None
+    raise LayerLMCError(
+        f"split '{name}' must be an (inputs, labels) pair or a torch Dataset, got {type(split).__name__}"
+    )

@@ -1,0 +1,80 @@
+"""The plain evaluator: one pass over preloaded tensors per network state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..errors import LayerLMCError
+from .data import Split
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """``loss``: mean cross-entropy per example (per label element); ``accuracy``: a fraction."""
+
+    loss: float
+    accuracy: float
+    n: int
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.accuracy
+
+
+class Evaluator:
+    """Evaluates states of one model on preloaded splits with ``functional_call``.
+
+    The model is built once and put in eval mode; each state is a mapping of every
+    parameter and buffer name to a tensor on the evaluation device. Logits have the class
+    dimension last; labels have the logits' shape without it (one label per example, or per
+    token for sequence models).
+    """
+
+    def __init__(self, model: torch.nn.Module, splits: Mapping[str, Split], batch_size: int = 1024):
+        if batch_size < 1:
+            raise LayerLMCError(f"batch size must be positive, got {batch_size}")
+        self.model = model.eval()
+        self.splits = dict(splits)
+        self.batch_size = batch_size
+        self._checked: set[str] = set()
+
+    @torch.inference_mode()
+    def evaluate(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
+        data = self.splits[split]
+        total_loss = 0.0
+        correct = 0
+        count = 0
+        for start in range(0, len(data), self.batch_size):
+            inputs = data.inputs[start : start + self.batch_size]
+            labels = data.labels[start : start + self.batch_size]
+            logits = functional_call(self.model, state, (inputs,))
+            if split not in self._checked:
+                self._check_labels(split, logits, data.labels)
+            logits = logits.reshape(-1, logits.shape[-1]).float()
+            labels = labels.reshape(-1)
+            # summed, not averaged per batch: a last, smaller batch must not weigh more
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(dim=-1) == labels).sum().item())
+            count += labels.numel()
+        return Metrics(total_loss / count, correct / count, count)
+
+    def _check_labels(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.ndim < 2:
+            raise LayerLMCError(f"the model's output has shape {list(logits.shape)}; expected logits [batch, ..., classes]")
+        if tuple(logits.shape[1:-1]) != tuple(labels.shape[1:]):
+            raise LayerLMCError(
+                f"split '{split}': labels of shape {list(labels.shape[1:])} per example do not fit "
+                f"logits of shape {list(logits.shape[1:])}"
+            )
+        classes = logits.shape[-1]
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise LayerLMCError(
+                f"split '{split}': labels range over [{low}, {high}] but the model outputs {classes} classes"
+            )
+        self._checked.add(split)

@@ -1,0 +1,274 @@
+"""Full-network, layer-wise and cumulative barriers of two endpoints: the core analysis."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path as FilePath
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .barriers import check_choices, compute_barriers, needed_alphas
+from .checkpoints import StateDict, check_pair, load_state_dict
+from .errors import LayerLMCError
+from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
+from .layers import layer_groups, select_groups, tied_keys
+from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
+from .results import RunDir, fingerprint, point_key
+
+log = logging.getLogger("layerlmc")
+
+
+def plan_paths(
+    state: StateDict,
+    model: torch.nn.Module | None = None,
+    *,
+    groups: str = "module",
+    patterns: Sequence[str] = (),
+    layers: Sequence[str] | None = None,
+    layerwise: bool = True,
+    bases: Sequence[str] = ("a", "b"),
+    cumulative: Sequence[str] = (),
+    alphas: str | Sequence[float] = "0:1:11",
+    layer_alphas: str | Sequence[float] | None = None,
+    definitions: Sequence[str] = ("midpoint",),
+    references: Sequence[str] = ("models",),
+    seed: int = 0,
+    extrapolate: bool = False,
+) -> list[Path]:
+    """The paths a barrier study needs, each with only the α values some output uses.
+
+    The full path gets the ``alphas`` grid (its curve is plotted); group and cumulative paths
+    get ``layer_alphas`` (default: only what the barrier definitions need, i.e. α=½ for
+    ``midpoint``; the ``alphas`` grid for ``max``) plus α=0 and 1 for the ``path`` reference.
+    """
+    check_choices(definitions, references)
+    tied = tied_keys(model) if model is not None else ()
+    group_list = layer_groups(state, groups, patterns, tied=tied)
+    float_keys = [k for k, v in state.items() if v.is_floating_point()]
+    full_grid = parse_alphas(alphas, extrapolate)
+    paths = [full_path(float_keys, _with_needed(full_grid, definitions, references))]
+    if layer_alphas is not None:
+        layer_grid = parse_alphas(layer_alphas, extrapolate)
+    else:
+        layer_grid = full_grid if "max" in definitions else ()
+    layer_grid = _with_needed(layer_grid, definitions, references)
+    if layerwise:
+        paths += group_paths(select_groups(group_list, layers), bases, layer_grid)
+    for order in cumulative:
+        paths += cumulative_paths(group_list, order, bases, layer_grid, seed=seed)
+    return paths
+
+
+def _with_needed(grid, definitions, references) -> tuple[float, ...]:
+    return tuple(sorted(set(grid) | needed_alphas(definitions, references, grid)))
+
+
+def endpoint_paths() -> list[Path]:
+    empty = frozenset()
+    return [
+        Path("endpoint", "full", None, "a", None, empty, (0.0,)),
+        Path("endpoint", "full", None, "b", None, empty, (1.0,)),
+    ]
+
+
+def evaluate_paths(
+    model: torch.nn.Module,
+    a: StateDict,
+    b: StateDict,
+    paths: Sequence[Path],
+    data: Mapping[str, object],
+    *,
+    splits: Sequence[str] | None = None,
+    max_examples: int | None = None,
+    batch_size: int = 1024,
+    device: str = "auto",
+    seed: int = 0,
+    run: RunDir | None = None,
+    step: int | None = None,
+    unit: str | None = None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Point records (DESIGN.md §4) for the endpoints and every point of ``paths``.
+
+    Each distinct network state is evaluated once per split: points equal to an endpoint
+    (e.g. a group path at α=0 with base ``a``) or to each other (the first prefix of a
+    cumulative path and that group's own path) reuse one evaluation. With ``run``, records
+    already in its ``points.jsonl`` are not evaluated again and new ones are appended as
+    each point finishes.
+    """
+    target = resolve_device(device)
+    prepared = prepare_splits(data, list(splits) if splits else None, max_examples, seed, target)
+    evaluator = Evaluator(model.to(target), prepared, batch_size)
+    a = {k: v.to(target) for k, v in a.items()}
+    b = {k: v.to(target) for k, v in b.items()}
+    float_keys = [k for k, v in a.items() if v.is_floating_point()]
+
+    stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+    known: dict[tuple, Metrics] = {}  # (b-weights, split) → metrics
+    records: list[dict] = []
+    todo: list[tuple[Point, tuple, list[str]]] = []
+    for path in [*endpoint_paths(), *paths]:
+        for point in path.points():
+            weights = point.b_weights(float_keys)
+            missing = []
+            for split in prepared:
+                record = _record(point, split, step, unit)
+                old = stored.get(point_key(record))
+                if old is None:
+                    missing.append(split)
+                    continue
+                records.append(old)
+                known.setdefault((weights, split), Metrics(old["loss"], old["accuracy"], old["n"]))
+            if missing:
+                todo.append((point, weights, missing))
+
+    fresh_states = sum(any((w, s) not in known for s in m) for _, w, m in todo)
+    with tqdm(total=len(todo), desc="evaluating", unit="point", disable=_no_bar(progress, fresh_states)) as bar:
+        for point, weights, missing in todo:
+            state = None
+            new = []
+            for split in missing:
+                metrics = known.get((weights, split))
+                if metrics is None:
+                    if state is None:
+                        state = interpolate(a, b, point)
+                    metrics = evaluator.evaluate(state, split)
+                    known[(weights, split)] = metrics
+                new.append(_record(point, split, step, unit, metrics))
+            records.extend(new)
+            if run is not None:
+                run.append_points(new)
+            bar.update()
+    return records
+
+
+def _no_bar(progress: bool | None, work: int) -> bool | None:
+    if progress is None:
+        return None if work > 2 else True  # tqdm's None: shown on a terminal only
+    return not progress
+
+
+def _record(point: Point, split: str, step, unit, metrics: Metrics | None = None) -> dict:
+    path = point.path
+    record = {
+        "schema": 1, "step": step, "unit": unit, "kind": path.kind, "group": path.group,
+        "group_index": path.group_index, "base": path.base, "order": path.order,
+        "alpha": point.alpha, "sample": None, "split": split,
+    }
+    if metrics is not None:
+        record.update(loss=metrics.loss, accuracy=metrics.accuracy, n=metrics.n)
+    return record
+
+
+def barriers(
+    model: torch.nn.Module,
+    a: StateDict | str | FilePath,
+    b: StateDict | str | FilePath,
+    data: Mapping[str, object],
+    *,
+    groups: str = "module",
+    patterns: Sequence[str] = (),
+    layers: Sequence[str] | None = None,
+    layerwise: bool = True,
+    bases: Sequence[str] = ("a", "b"),
+    cumulative: Sequence[str] = (),
+    alphas: str | Sequence[float] = "0:1:11",
+    layer_alphas: str | Sequence[float] | None = None,
+    definitions: Sequence[str] = ("midpoint",),
+    references: Sequence[str] = ("models",),
+    splits: Sequence[str] | None = None,
+    max_examples: int | None = None,
+    batch_size: int = 1024,
+    device: str = "auto",
+    seed: int = 0,
+    extrapolate: bool = False,
+    out: str | FilePath | None = None,
+    plots: bool = True,
+    progress: bool | None = None,
+    config: Mapping | None = None,
+) -> pd.DataFrame:
+    """Full-network, layer-wise and cumulative barriers between endpoints ``a`` and ``b``.
+
+    ``a`` and ``b`` are state dicts or checkpoint paths; ``data`` maps split names to
+    ``(inputs, labels)`` tensors or torch Datasets. Returns one row per barrier with the
+    columns of ``barriers.csv`` (DESIGN.md §4): ``value`` is the barrier of ``metric``
+    (``loss`` = mean cross-entropy per example, ``error`` = 1 − accuracy) under
+    ``definition`` (``midpoint``/``max``) and ``reference`` (``models``/``path``).
+
+    With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl``,
+    ``barriers.csv`` and ``figures/``; calling again with the same ``out`` evaluates only
+    points that are not stored yet.
+    """
+    state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
+    state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
+    check_pair(state_a, state_b, model.state_dict())
+    paths = plan_paths(
+        state_a, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise,
+        bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
+        definitions=definitions, references=references, seed=seed, extrapolate=extrapolate,
+    )
+    if max_examples is not None and max_examples < 1:
+        raise LayerLMCError(f"--max-examples must be positive, got {max_examples}")
+    run = None
+    if out is not None:
+        run = RunDir(out)
+        inputs = {
+            "a": _digest(state_a), "b": _digest(state_b), "model": repr(model),
+            "data": _data_digest(data), "max_examples": max_examples, "seed": seed,
+            "groups": groups, "patterns": list(patterns),
+        }
+        settings = dict(config) if config is not None else {
+            "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
+            "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
+            "alphas": str(alphas), "layer_alphas": None if layer_alphas is None else str(layer_alphas),
+            "definitions": list(definitions), "references": list(references),
+            "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
+            "device": device, "seed": seed, "extrapolate": extrapolate,
+        }
+        run.claim(fingerprint(inputs), settings, str(resolve_device(device)))
+    try:
+        records = evaluate_paths(
+            model, state_a, state_b, paths, data, splits=splits, max_examples=max_examples,
+            batch_size=batch_size, device=device, seed=seed, run=run, progress=progress,
+        )
+    except BaseException:
+        if run is not None:
+            run.finish("interrupted")
+        raise
+    table = compute_barriers(pd.DataFrame(records), definitions, references)
+    if run is not None:
+        run.write_barriers(table)
+        if plots:
+            from .plots import plot_run
+
+            plot_run(pd.DataFrame(records), table, run.figures)
+        run.finish("complete")
+    return table
+
+
+def _digest(state: StateDict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _data_digest(data: Mapping[str, object]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        split = data[name]
+        digest.update(name.encode())
+        if isinstance(split, (tuple, list)) and len(split) == 2:
+            for part in split:
+                tensor = torch.as_tensor(part)
+                digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{type(split).__name__}:{len(split) if hasattr(split, '__len__') else ''}".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""Run directories: the results contract of DESIGN.md §4 (schema in docs/results.md)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .errors import LayerLMCError
+
+log = logging.getLogger("layerlmc")
+
+SCHEMA = 1
+POINT_FIELDS = (
+    "schema", "step", "unit", "kind", "group", "group_index", "base", "order",
+    "alpha", "sample", "split", "loss", "accuracy", "n",
+)
+#: What identifies a point record; a rerun skips every point whose key is already stored.
+POINT_KEY = ("step", "unit", "kind", "group", "group_index", "base", "order", "alpha", "sample", "split")
+BARRIER_COLUMNS = (
+    "step", "unit", "kind", "group", "group_index", "base", "order", "split",
+    "metric", "definition", "reference", "value",
+)
+
+
+def point_key(record: Mapping) -> tuple:
+    return tuple(record.get(field) for field in POINT_KEY)
+
+
+class RunDir:
+    """``config.yaml``, ``run.json``, ``points.jsonl`` (append-only), ``barriers.csv``, ``figures/``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise LayerLMCError(f"output path {self.path} exists and is not a folder")
+        try:
+            self.figures.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LayerLMCError(f"cannot create output folder {self.path}: {err.strerror}") from None
+        if not os.access(self.path, os.W_OK):
+            raise LayerLMCError(f"output folder {self.path} is not writable")
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def points_file(self) -> Path:
+        return self.path / "points.jsonl"
+
+    @property
+    def barriers_file(self) -> Path:
+        return self.path / "barriers.csv"
+
+    # -- run.json and config.yaml ---------------------------------------------------------
+    def claim(self, fingerprint: str, config: Mapping, device: str) -> None:
+        """Start (or resume) a run; refuse a folder that holds results of other inputs."""
+        previous = self.read_run()
+        if previous is not None and previous.get("fingerprint") not in (None, fingerprint) and self.points_file.exists():
+            raise LayerLMCError(
+                f"{self.path} holds results for other checkpoints, model or data "
+                "(see its config.yaml); choose another --out"
+            )
+        started = previous.get("started") if previous else None
+        self._write_text(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+        self.write_run(
+            {
+                "schema": SCHEMA,
+                "status": "running",
+                "fingerprint": fingerprint,
+                "started": started or _now(),
+                "resumed": _now() if started else None,
+                "ended": None,
+                "argv": sys.argv,
+                "device": device,
+                "versions": _versions(),
+                "git_sha": _git_sha(),
+            }
+        )
+
+    def finish(self, status: str = "complete") -> None:
+        run = self.read_run() or {}
+        run.update(status=status, ended=_now())
+        self.write_run(run)
+
+    def read_run(self) -> dict | None:
+        path = self.path / "run.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("ignoring unreadable %s", path)
+            return None
+
+    def write_run(self, run: Mapping) -> None:
+        self._write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+
+    # -- points.jsonl ---------------------------------------------------------------------
+    def read_points(self) -> list[dict]:
+        """Every complete record; a torn or corrupt line (a killed run) is skipped with a warning."""
+        if not self.points_file.exists():
+            return []
+        records = []
+        with open(self.points_file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or "loss" not in record:
+                        raise ValueError
+                except ValueError:
+                    log.warning("%s line %d is not a complete record; it will be recomputed", self.points_file, number)
+                    continue
+                records.append(record)
+        return records
+
+    def append_points(self, records: Iterable[Mapping]) -> None:
+        lines = "".join(json.dumps({f: r.get(f) for f in POINT_FIELDS}) + "\n" for r in records)
+        if not lines:
+            return
+        self._repair_torn_tail()
+        try:
+            with open(self.points_file, "a", encoding="utf-8") as handle:
+                handle.write(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise LayerLMCError(f"cannot write {self.points_file}: {err.strerror}") from None
+
+    def _repair_torn_tail(self) -> None:
+        # A killed writer can leave a last line without its newline; start ours on a fresh line.
+        if self.points_file.exists() and self.points_file.stat().st_size:
+            with open(self.points_file, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    with open(self.points_file, "a", encoding="utf-8") as out:
+                        out.write("\n")
+
+    # -- barriers.csv ---------------------------------------------------------------------
+    def write_barriers(self, table: pd.DataFrame) -> Path:
+        self._write_text(self.barriers_file, table.to_csv(index=False))
+        return self.barriers_file
+
+    def _write_text(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)  # readers see the old file or the new one, never half of one
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
+
+
+def fingerprint(parts: Mapping[str, object]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict:
+    import torch
+
+    from . import __version__
+
+    return {"layerlmc": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
