@@ -6,13 +6,15 @@ Loading never unpickles arbitrary objects: safetensors files are read as they ar
 
 from __future__ import annotations
 
+import json
 import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LayerLMCError
@@ -35,7 +37,7 @@ NESTED_KEYS = (
 )
 #: Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+ORDER_METADATA = "layerlmc.key_order"
 
 
 def load_state_dict(path: str | Path) -> StateDict:
@@ -53,25 +55,53 @@ def load_state_dict(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors":
         try:
             raw = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:
             raise LayerLMCError(f"cannot read safetensors checkpoint {path}: {_first_line(err)}") from None
+        raw = _restore_order(raw, metadata.get(ORDER_METADATA))
     else:
         raw = _load_weights_only(path)
     return strip_wrapper_prefixes(unwrap_state_dict(raw, path))
+
+
+def _restore_order(state: StateDict, order: str | None) -> StateDict:
+    # safetensors stores keys sorted; layer groups are ordered input → output, so we keep the
+    # original order in the file's metadata when we write it.
+    try:
+        keys = json.loads(order) if order else []
+    except ValueError:
+        keys = []
+    if sorted(keys) != sorted(state):
+        return state
+    return {k: state[k] for k in keys}
+
+
+def reorder_like(state: StateDict, reference: Mapping[str, object]) -> StateDict:
+    """``state`` with its keys in ``reference``'s order (a model's ``state_dict()``), extra keys last."""
+    ordered = {k: state[k] for k in reference if k in state}
+    ordered.update((k, v) for k, v in state.items() if k not in ordered)
+    return ordered
 
 
 def _load_weights_only(path: Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # weights_only refuses any global that is not a tensor or a plain container.
-        detail = _first_line(err).split("Unsupported global: ")[-1].split(" was not")[0]
-        raise LayerLMCError(
-            f"refused to load {path}: it is a pickle that needs code to load ({detail}); "
-            "re-save its state_dict with torch.save(model.state_dict(), ...) or as safetensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        text = str(err)
+        needed = re.search(r"GLOBAL ([\w.]+)", text)
+        if needed or "Unsupported" in text:
+            # weights_only refuses any global that is not a tensor or a plain container
+            detail = f"it asks for {needed.group(1)}" if needed else text.split("Unsupported")[-1].splitlines()[0]
+            raise LayerLMCError(
+                f"refused to load {path}: it is a pickle that needs code to load ({detail}); "
+                "re-save its state_dict with torch.save(model.state_dict(), ...) or as safetensors"
+            ) from None
         raise LayerLMCError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways (KeyError, EOFError, ...)
+        raise LayerLMCError(
+            f"cannot read checkpoint {path}: truncated or not a torch file ({type(err).__name__}: {_first_line(err)})"
+        ) from None
 
 
 def unwrap_state_dict(obj: object, where: str | Path = "checkpoint") -> StateDict:
@@ -114,7 +144,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={ORDER_METADATA: json.dumps(list(tensors))})
     else:
         torch.save(tensors, str(tmp))
     tmp.replace(path)  # never leave a half-written checkpoint under the real name

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .barriers import check_choices, compute_barriers, needed_alphas
-from .checkpoints import StateDict, check_pair, load_state_dict
+from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
 from .layers import layer_groups, select_groups, tied_keys
@@ -76,17 +76,11 @@ def endpoint_paths() -> list[Path]:
 
 
 def evaluate_paths(
-    model: torch.nn.Module,
+    evaluator: Evaluator,
     a: StateDict,
     b: StateDict,
     paths: Sequence[Path],
-    data: Mapping[str, object],
     *,
-    splits: Sequence[str] | None = None,
-    max_examples: int | None = None,
-    batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
     run: RunDir | None = None,
     step: int | None = None,
     unit: str | None = None,
@@ -94,17 +88,15 @@ def evaluate_paths(
 ) -> list[dict]:
     """Point records (DESIGN.md §4) for the endpoints and every point of ``paths``.
 
-    Each distinct network state is evaluated once per split: points equal to an endpoint
-    (e.g. a group path at α=0 with base ``a``) or to each other (the first prefix of a
-    cumulative path and that group's own path) reuse one evaluation. With ``run``, records
-    already in its ``points.jsonl`` are not evaluated again and new ones are appended as
-    each point finishes.
+    Each distinct network state is evaluated once per split of ``evaluator``: points equal
+    to an endpoint (e.g. a group path at α=0 with base ``a``) or to each other (the first
+    prefix of a cumulative path and that group's own path) reuse one evaluation. With
+    ``run``, records already in its ``points.jsonl`` are not evaluated again and new ones are
+    appended as each point finishes.
     """
-    target = resolve_device(device)
-    prepared = prepare_splits(data, list(splits) if splits else None, max_examples, seed, target)
-    evaluator = Evaluator(model.to(target), prepared, batch_size)
-    a = {k: v.to(target) for k, v in a.items()}
-    b = {k: v.to(target) for k, v in b.items()}
+    prepared = evaluator.splits
+    a = {k: v.to(evaluator.device) for k, v in a.items()}
+    b = {k: v.to(evaluator.device) for k, v in b.items()}
     float_keys = [k for k, v in a.items() if v.is_floating_point()]
 
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
@@ -205,7 +197,10 @@ def barriers(
     """
     state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
     state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
-    check_pair(state_a, state_b, model.state_dict())
+    expected = model.state_dict()
+    check_pair(state_a, state_b, expected)
+    # groups follow the model's order, whatever order the files stored (safetensors sorts keys)
+    state_a, state_b = reorder_like(state_a, expected), reorder_like(state_b, expected)
     paths = plan_paths(
         state_a, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise,
         bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
@@ -213,6 +208,10 @@ def barriers(
     )
     if max_examples is not None and max_examples < 1:
         raise LayerLMCError(f"--max-examples must be positive, got {max_examples}")
+    target = resolve_device(device)
+    prepared = prepare_splits(data, list(splits) if splits else None, max_examples, seed, target)
+    evaluator = Evaluator(model.to(target), prepared, batch_size)
+    evaluator.check({k: v.to(target) for k, v in state_a.items()})
     run = None
     if out is not None:
         run = RunDir(out)
@@ -229,15 +228,16 @@ def barriers(
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
             "device": device, "seed": seed, "extrapolate": extrapolate,
         }
-        run.claim(fingerprint(inputs), settings, str(resolve_device(device)))
+        run.claim(fingerprint(inputs), settings, str(target))
     try:
-        records = evaluate_paths(
-            model, state_a, state_b, paths, data, splits=splits, max_examples=max_examples,
-            batch_size=batch_size, device=device, seed=seed, run=run, progress=progress,
-        )
-    except BaseException:
+        records = evaluate_paths(evaluator, state_a, state_b, paths, run=run, progress=progress)
+    except KeyboardInterrupt:
         if run is not None:
             run.finish("interrupted")
+        raise
+    except BaseException:
+        if run is not None:
+            run.finish("failed")
         raise
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     if run is not None:

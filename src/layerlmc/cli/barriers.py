@@ -7,7 +7,7 @@ import click
 import pandas as pd
 
 from ..barriers import summary_table
-from ..checkpoints import check_pair, load_state_dict
+from ..checkpoints import check_pair, load_state_dict, reorder_like
 from ..layers import SCHEMES, layer_groups, tied_keys
 from ..lmc import barriers
 from ..specs import build_data, build_model, parse_kwargs
@@ -150,6 +150,7 @@ def groups_command(checkpoint, model_spec, model_args, scheme, patterns) -> None
     if model_spec:
         model = build_model(model_spec, parse_kwargs(model_args, "--model-arg"))
         check_pair(state, state, model.state_dict())
+        state = reorder_like(state, model.state_dict())
         tied = tied_keys(model)
     groups = layer_groups(state, scheme, patterns, tied=tied)
     rows = [

@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if not logger.handlers:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        args = ["--help"]
     try:
-        cli.main(args=argv, prog_name="layerlmc", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as err:
-        click.echo(err.ctx.get_help() if err.ctx else str(err))
-        return 2
+        cli.main(args=args, prog_name="layerlmc", standalone_mode=False)
     except click.UsageError as err:
         hint = f" (see 'layerlmc {err.ctx.command.name} --help')" if err.ctx and err.ctx.command.name != "cli" else ""
         click.echo(f"layerlmc: error: {err.format_message()}{hint}", err=True)

@@ -40,6 +40,8 @@ class Evaluator:
             raise LayerLMCError(f"batch size must be positive, got {batch_size}")
         self.model = model.eval()
         self.splits = dict(splits)
+        first = next(iter(self.splits.values()), None)
+        self.device = first.labels.device if first is not None else torch.device("cpu")
         self.batch_size = batch_size
         self._checked: set[str] = set()
 
@@ -62,6 +64,13 @@ class Evaluator:
             correct += int((logits.argmax(dim=-1) == labels).sum().item())
             count += labels.numel()
         return Metrics(total_loss / count, correct / count, count)
+
+    @torch.inference_mode()
+    def check(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Fail early, with a clear message, when labels do not fit the model's outputs."""
+        for name, data in self.splits.items():
+            logits = functional_call(self.model, state, (data.inputs[:2],))
+            self._check_labels(name, logits, data.labels)
 
     def _check_labels(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.ndim < 2:

@@ -35,8 +35,9 @@ def train_epochs(
         model.train()
         permutation = torch.randperm(n, generator=order)
         batches = range(0, n, batch_size)
-        for start in tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False,
-                           disable=None)  # a bar on a terminal only:
+        # disable=None: a bar on a terminal only, not in logs
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False, disable=None)
+        for start in bar:
             index = permutation[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(inputs[index]), labels[index])

@@ -1,0 +1,79 @@
+"""Tiny CPU fixtures: a user's model file, data file and two checkpoints."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerlmc.checkpoints import save_state_dict
+
+MODEL_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, width=6, classes=3):
+            super().__init__()
+            self.fc1 = nn.Linear(4, width)
+            self.norm = nn.BatchNorm1d(width)
+            self.fc2 = nn.Linear(width, width)
+            self.head = nn.Linear(width, classes)
+
+        def forward(self, x):
+            x = torch.relu(self.norm(self.fc1(x)))
+            x = torch.relu(self.fc2(x))
+            return self.head(x)
+
+    def make_net(width=6, classes=3):
+        return Net(width, classes)
+    """
+)
+
+DATA_FILE = textwrap.dedent(
+    """
+    import torch
+
+    def make_splits(n_train=37, n_test=23, classes=3):
+        g = torch.Generator().manual_seed(5)
+        def split(n):
+            x = torch.randn(n, 4, generator=g)
+            y = torch.randint(0, classes, (n,), generator=g)
+            return x, y
+        return {"train": split(n_train), "test": split(n_test)}
+    """
+)
+
+
+@pytest.fixture()
+def user_files(tmp_path: Path) -> dict[str, Path]:
+    """my_models.py, my_data.py and checkpoints A.pt (nested, DDP-prefixed) and B.safetensors."""
+    (tmp_path / "my_models.py").write_text(MODEL_FILE)
+    (tmp_path / "my_data.py").write_text(DATA_FILE)
+    namespace: dict = {}
+    exec(MODEL_FILE, namespace)
+    torch.manual_seed(0)
+    net_a = namespace["make_net"]()
+    torch.manual_seed(1)
+    net_b = namespace["make_net"]()
+    # distinct BN statistics, so buffers are interpolated too
+    for net, shift in ((net_a, 0.3), (net_b, -0.2)):
+        net.norm.running_mean.fill_(shift)
+        net.norm.running_var.fill_(1.0 + shift)
+        net.norm.num_batches_tracked.fill_(7 if shift > 0 else 9)
+    a_path = tmp_path / "A.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net_a.state_dict().items()}}, a_path)
+    b_path = save_state_dict(net_b.state_dict(), tmp_path / "B.safetensors")
+    return {
+        "dir": tmp_path,
+        "model": tmp_path / "my_models.py",
+        "data": tmp_path / "my_data.py",
+        "a": a_path,
+        "b": b_path,
+        "namespace": namespace,
+        "state_a": net_a.state_dict(),
+        "state_b": net_b.state_dict(),
+    }
