@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -99,7 +100,8 @@ def plot_cumulative(barriers: pd.DataFrame, out: Path, definition: str, referenc
                 ax.plot(line["group_index"] + 1, scale * line["value"], marker="o",
                         linestyle=styles.get(base, "-"), label=f"{order}, base {base}")
             ax.axhline(0, color="black", linewidth=0.8)
-            ax.set_xlabel("groups averaged (prefix length or window start + 1)")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_xlabel("groups averaged (prefix length; window: start + 1)")
             ax.set_title(f"{split} {metric} barrier")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything layerlmc needs on a fresh Debian machine with Python 3.11:
+# Debian's Fashion-MNIST package, a virtual environment in .venv, the CPU build of
+# torch 2.13.0 and layerlmc itself (editable, with the test tools). Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+debian_packages=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || debian_packages+=(dataset-fashion-mnist)
+# Debian's own python3 needs python3-venv to make virtual environments
+"$PYTHON" -c "import ensurepip" 2>/dev/null || debian_packages+=(python3-venv)
+if [ ${#debian_packages[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debian_packages[@]}" >/dev/null
+    else
+        echo "install.sh: no apt-get here; install ${debian_packages[*]} by hand (see README)" >&2
+    fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "install.sh: layerlmc is installed in .venv ($(.venv/bin/layerlmc --version))"
