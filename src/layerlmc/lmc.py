@@ -118,7 +118,13 @@ def evaluate_paths(
             if missing:
                 todo.append((point, weights, missing))
 
-    fresh_states = sum(any((w, s) not in known for s in m) for _, w, m in todo)
+    fresh_states = len({w for _, w, m in todo if any((w, s) not in known for s in m)})
+    sizes = ", ".join(f"{name} {len(split):,}" for name, split in prepared.items())
+    if fresh_states:
+        log.info("evaluating %d network states (%s examples)%s", fresh_states, sizes,
+                 f"; {len(stored)} records already stored" if stored else "")
+    elif stored:
+        log.info("all points already stored in %s; nothing to evaluate", run.points_file)
     with tqdm(total=len(todo), desc="evaluating", unit="point", disable=_no_bar(progress, fresh_states)) as bar:
         for point, weights, missing in todo:
             state = None
