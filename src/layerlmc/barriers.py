@@ -137,9 +137,11 @@ def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", referenc
             for s, m, b in zip(rows["split"], rows["metric"], rows["base"])
         ],
     )
-    rows = rows.sort_values(["rank", "order", "position"], na_position="first", kind="stable")
-    table = rows.pivot(index=["rank", "order", "position", "path"], columns="column", values="value")
-    table = table.sort_index(na_position="first").droplevel(["rank", "order", "position"])
+    # cumulative orders appear in the order they were asked for
+    order_rank = {o: i for i, o in enumerate(dict.fromkeys(rows["order"].dropna()))}
+    rows = rows.assign(order_rank=rows["order"].map(order_rank).fillna(-1))
+    table = rows.pivot(index=["rank", "order_rank", "position", "path"], columns="column", values="value")
+    table = table.sort_index().droplevel(["rank", "order_rank", "position"])
     split_rank = {s: i for i, s in enumerate(dict.fromkeys(rows["split"]))}
     metric_rank = {m: i for i, m in enumerate(METRICS)}
     columns = sorted(table.columns, key=lambda c: (split_rank[c.split()[0]], metric_rank[c.split()[1]], c))

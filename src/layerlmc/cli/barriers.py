@@ -10,6 +10,7 @@ from ..barriers import summary_table
 from ..checkpoints import check_pair, load_state_dict, reorder_like
 from ..layers import SCHEMES, layer_groups, tied_keys
 from ..lmc import barriers
+from ..results import RunDir
 from ..specs import build_data, build_model, parse_kwargs
 
 
@@ -126,6 +127,10 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
 
 def report(table: pd.DataFrame, out: Path, definitions, references) -> None:
     definition, reference = definitions[0], references[0]
+    endpoints = [r for r in RunDir(out).read_points() if r["kind"] == "endpoint" and r["step"] is None]
+    for record in sorted(endpoints, key=lambda r: r["base"]):
+        click.echo(f"model {record['base']}: {record['split']:>6s} loss {record['loss']:.4f}  "
+                   f"accuracy {record['accuracy']:.4f}  (n={record['n']:,})")
     print_table(
         summary_table(table, definition, reference),
         f"barriers ({definition}, reference: {reference}; loss in nats, error as a fraction):",
