@@ -77,6 +77,7 @@ def compute_barriers(
     ``points`` holds the point records of DESIGN.md §4, including the ``endpoint`` records of
     ``a`` and ``b`` for each step and split.
     """
+    definitions, references = list(dict.fromkeys(definitions)), list(dict.fromkeys(references))
     check_choices(definitions, references)
     if points.empty:
         return pd.DataFrame(columns=list(BARRIER_COLUMNS))
@@ -112,7 +113,9 @@ def compute_barriers(
                     rows.append({**fields, "metric": metric, "definition": definition,
                                  "reference": ref, "value": value})
     table = pd.DataFrame(rows, columns=list(BARRIER_COLUMNS))
-    return table.replace({c: {"\0": None} for c in PATH_FIELDS})
+    table = table.replace({c: {"\0": None} for c in PATH_FIELDS})
+    # integer columns stay integers in barriers.csv, with empty cells where null
+    return table.astype({"group_index": "Int64", "step": "Int64"})
 
 
 def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", reference: str = "models") -> pd.DataFrame:

@@ -90,14 +90,15 @@ def _load_weights_only(path: Path) -> object:
     except pickle.UnpicklingError as err:
         text = str(err)
         needed = re.search(r"GLOBAL ([\w.]+)", text)
-        if needed or "Unsupported" in text:
+        if needed:
             # weights_only refuses any global that is not a tensor or a plain container
-            detail = f"it asks for {needed.group(1)}" if needed else text.split("Unsupported")[-1].splitlines()[0]
             raise LayerLMCError(
-                f"refused to load {path}: it is a pickle that needs code to load ({detail}); "
+                f"refused to load {path}: it is a pickle that needs code to load (it asks for {needed.group(1)}); "
                 "re-save its state_dict with torch.save(model.state_dict(), ...) or as safetensors"
             ) from None
-        raise LayerLMCError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
+        raise LayerLMCError(f"cannot read checkpoint {path}: corrupt or not a torch checkpoint ({detail})") from None
     except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways (KeyError, EOFError, ...)
         raise LayerLMCError(
             f"cannot read checkpoint {path}: truncated or not a torch file ({type(err).__name__}: {_first_line(err)})"
@@ -125,16 +126,16 @@ def unwrap_state_dict(obj: object, where: str | Path = "checkpoint") -> StateDic
 
 
 def strip_wrapper_prefixes(state: StateDict) -> StateDict:
-    out: StateDict = {}
-    for key, value in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = value
-    return out
+    """Drop ``module.`` / ``_orig_mod.`` when every key carries it (a wrapper's prefix, not a
+    submodule that happens to be called ``module``)."""
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                stripped = True
+    return state
 
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:

@@ -72,6 +72,8 @@ def layer_groups(
         if len(patterns) > 1:
             raise LayerLMCError("the block scheme takes one regex with a capture group")
         regex = _compile(patterns[0] if patterns else DEFAULT_BLOCK_REGEX)
+        if regex.groups < 1:
+            raise LayerLMCError(f"the block regex '{regex.pattern}' needs a capture group, e.g. '^(layer\\d+\\.\\d+)\\.'")
         names = []
         for k in keys:
             match = regex.search(k)
@@ -90,6 +92,8 @@ def layer_groups(
     members: dict[str, list[str]] = {}
     for key, name in zip(keys, names):
         members.setdefault(name, []).append(key)
+    if scheme in ("regex", "glob") and "rest" in members:
+        members["rest"] = members.pop("rest")  # what no pattern matched comes last
     return [LayerGroup(i, name, tuple(ks)) for i, (name, ks) in enumerate(members.items())]
 
 

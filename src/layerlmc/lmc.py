@@ -17,7 +17,7 @@ from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
-from .results import RunDir, fingerprint, point_key
+from .results import RunDir, point_key
 
 log = logging.getLogger("layerlmc")
 
@@ -45,9 +45,16 @@ def plan_paths(
     get ``layer_alphas`` (default: only what the barrier definitions need, i.e. α=½ for
     ``midpoint``; the ``alphas`` grid for ``max``) plus α=0 and 1 for the ``path`` reference.
     """
+    definitions, references = as_list(definitions), as_list(references)
+    bases, layers = as_list(bases), as_list(layers) or None
+    cumulative = list(dict.fromkeys([cumulative] if isinstance(cumulative, str) else cumulative))
     check_choices(definitions, references)
     tied = tied_keys(model) if model is not None else ()
-    group_list = layer_groups(state, groups, patterns, tied=tied)
+    # a group of integer tensors only (e.g. num_batches_tracked under --groups param) never moves
+    group_list = [
+        g for g in layer_groups(state, groups, patterns, tied=tied)
+        if any(state[k].is_floating_point() for k in g.keys)
+    ]
     float_keys = [k for k, v in state.items() if v.is_floating_point()]
     full_grid = parse_alphas(alphas, extrapolate)
     paths = [full_path(float_keys, _with_needed(full_grid, definitions, references))]
@@ -61,6 +68,15 @@ def plan_paths(
     for order in cumulative:
         paths += cumulative_paths(group_list, order, bases, layer_grid, seed=seed)
     return paths
+
+
+def as_list(values: str | Sequence[str] | None) -> list[str]:
+    """Options given as a comma-separated string or a sequence, without repeats, in order."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = values.split(",")
+    return list(dict.fromkeys(v.strip() for v in values if v and v.strip()))
 
 
 def _with_needed(grid, definitions, references) -> tuple[float, ...]:
@@ -215,16 +231,19 @@ def barriers(
     if max_examples is not None and max_examples < 1:
         raise LayerLMCError(f"--max-examples must be positive, got {max_examples}")
     target = resolve_device(device)
-    prepared = prepare_splits(data, list(splits) if splits else None, max_examples, seed, target)
+    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
     evaluator = Evaluator(model.to(target), prepared, batch_size)
     evaluator.check({k: v.to(target) for k, v in state_a.items()})
     run = None
     if out is not None:
         run = RunDir(out)
+        # what every stored number depends on; other options only add or drop points
         inputs = {
-            "a": _digest(state_a), "b": _digest(state_b), "model": repr(model),
-            "data": _data_digest(data), "max_examples": max_examples, "seed": seed,
-            "groups": groups, "patterns": list(patterns),
+            "checkpoint a": _digest(state_a), "checkpoint b": _digest(state_b),
+            "model": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+            "data": _data_digest(data),
+            "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
+            "grouping": f"{groups} {list(patterns)}" if patterns else groups,
         }
         settings = dict(config) if config is not None else {
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
@@ -234,7 +253,7 @@ def barriers(
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
             "device": device, "seed": seed, "extrapolate": extrapolate,
         }
-        run.claim(fingerprint(inputs), settings, str(target))
+        run.claim(inputs, settings, str(target))
     try:
         records = evaluate_paths(evaluator, state_a, state_b, paths, run=run, progress=progress)
     except KeyboardInterrupt:

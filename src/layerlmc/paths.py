@@ -8,6 +8,7 @@ that mapping with ``torch.func.functional_call``.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,14 +85,14 @@ def parse_alphas(text: str | Sequence[float], extrapolate: bool = False) -> tupl
         values = [float(v) for v in text]
     if not values:
         raise LayerLMCError("the alpha grid is empty")
+    if any(not math.isfinite(v) for v in values):
+        raise LayerLMCError(f"the alpha grid '{text}' holds a value that is not a finite number")
     values = sorted({round(v, 12) for v in values})
     outside = [v for v in values if not 0.0 <= v <= 1.0]
     if outside and not extrapolate:
         raise LayerLMCError(
             f"alpha {outside[0]:g} is outside [0, 1]; pass --extrapolate to go beyond the endpoints"
         )
-    if any(v != v for v in values):
-        raise LayerLMCError("the alpha grid holds NaN")
     return tuple(values)
 
 

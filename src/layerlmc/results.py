@@ -64,21 +64,31 @@ class RunDir:
         return self.path / "barriers.csv"
 
     # -- run.json and config.yaml ---------------------------------------------------------
-    def claim(self, fingerprint: str, config: Mapping, device: str) -> None:
-        """Start (or resume) a run; refuse a folder that holds results of other inputs."""
+    def claim(self, inputs: Mapping[str, object], config: Mapping, device: str) -> None:
+        """Start (or resume) a run; refuse a folder holding points computed from other inputs.
+
+        ``inputs`` are the things every stored number depends on (digests of the checkpoints
+        and data, the model, the example subset, the grouping); ``config`` is the full set of
+        options, written to ``config.yaml`` when the run completes.
+        """
         previous = self.read_run()
-        if previous is not None and previous.get("fingerprint") not in (None, fingerprint) and self.points_file.exists():
-            raise LayerLMCError(
-                f"{self.path} holds results for other checkpoints, model or data "
-                "(see its config.yaml); choose another --out"
-            )
+        old_inputs = (previous or {}).get("inputs") or {}
+        if old_inputs and self.points_file.exists():
+            changed = [key for key in inputs if key in old_inputs and old_inputs[key] != inputs[key]]
+            if changed:
+                raise LayerLMCError(
+                    f"{self.path} holds results computed with another {', '.join(changed)} "
+                    f"(see its config.yaml); choose another --out"
+                )
+        self.config = dict(config)
         started = previous.get("started") if previous else None
-        self._write_text(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+        if not (self.path / "config.yaml").exists():
+            self.write_config()
         self.write_run(
             {
                 "schema": SCHEMA,
                 "status": "running",
-                "fingerprint": fingerprint,
+                "inputs": dict(inputs),
                 "started": started or _now(),
                 "resumed": _now() if started else None,
                 "ended": None,
@@ -89,7 +99,12 @@ class RunDir:
             }
         )
 
+    def write_config(self) -> None:
+        self._write_text(self.path / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+
     def finish(self, status: str = "complete") -> None:
+        if status == "complete" and getattr(self, "config", None) is not None:
+            self.write_config()  # the options that produced barriers.csv
         run = self.read_run() or {}
         run.update(status=status, ended=_now())
         self.write_run(run)
@@ -108,30 +123,42 @@ class RunDir:
         self._write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
 
     # -- points.jsonl ---------------------------------------------------------------------
-    def read_points(self) -> list[dict]:
-        """Every complete record; a torn or corrupt line (a killed run) is skipped with a warning."""
+    def read_points(self, repair: bool = True) -> list[dict]:
+        """Every complete record.
+
+        A line that is not a complete record (a run killed while writing, a damaged file) is
+        skipped with a warning; with ``repair`` such lines are moved to
+        ``points.jsonl.corrupt`` so that the file stays valid JSON Lines, and the points they
+        held are recomputed.
+        """
         if not self.points_file.exists():
             return []
-        records = []
+        records, good, bad = [], [], []
         with open(self.points_file, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
-                    if not isinstance(record, dict) or "loss" not in record:
+                    if not isinstance(record, dict) or "loss" not in record or not line.endswith("\n"):
                         raise ValueError
                 except ValueError:
-                    log.warning("%s line %d is not a complete record; it will be recomputed", self.points_file, number)
+                    bad.append((number, line))
                     continue
                 records.append(record)
+                good.append(line)
+        if bad and repair:
+            for number, _ in bad:
+                log.warning("%s line %d is not a complete record; it will be recomputed", self.points_file, number)
+            with open(self.points_file.with_name("points.jsonl.corrupt"), "a", encoding="utf-8") as out:
+                out.writelines(line if line.endswith("\n") else line + "\n" for _, line in bad)
+            self._write_text(self.points_file, "".join(good))
         return records
 
     def append_points(self, records: Iterable[Mapping]) -> None:
         lines = "".join(json.dumps({f: r.get(f) for f in POINT_FIELDS}) + "\n" for r in records)
         if not lines:
             return
-        self._repair_torn_tail()
         try:
             with open(self.points_file, "a", encoding="utf-8") as handle:
                 handle.write(lines)
@@ -139,15 +166,6 @@ class RunDir:
                 os.fsync(handle.fileno())
         except OSError as err:
             raise LayerLMCError(f"cannot write {self.points_file}: {err.strerror}") from None
-
-    def _repair_torn_tail(self) -> None:
-        # A killed writer can leave a last line without its newline; start ours on a fresh line.
-        if self.points_file.exists() and self.points_file.stat().st_size:
-            with open(self.points_file, "rb") as handle:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    with open(self.points_file, "a", encoding="utf-8") as out:
-                        out.write("\n")
 
     # -- barriers.csv ---------------------------------------------------------------------
     def write_barriers(self, table: pd.DataFrame) -> Path:
@@ -162,10 +180,6 @@ class RunDir:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
-
-
-def fingerprint(parts: Mapping[str, object]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:

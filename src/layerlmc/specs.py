@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,13 +41,18 @@ def resolve_callable(spec: str, registry: Registry) -> Callable:
     target, _, name = spec.rpartition(":")
     if not name:
         raise LayerLMCError(f"'{spec}' names no function after ':'")
-    if target.endswith(".py") or "/" in target or Path(target).suffix:
+    if target.endswith(".py") or "/" in target or os.sep in target:
         module = _import_file(Path(target))
     else:
+        # like `python -m`, modules in the current folder are importable
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(target)
         except ImportError as err:
-            raise LayerLMCError(f"cannot import module '{target}': {err}") from None
+            raise LayerLMCError(f"cannot import module '{target}': {_first_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - any error in user code is reported as one line
+            raise LayerLMCError(f"importing {target} failed: {type(err).__name__}: {_first_line(err)}") from None
     func = getattr(module, name, None)
     if not callable(func):
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -63,15 +69,20 @@ def _import_file(path: Path):
         raise LayerLMCError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    # the user's folder is importable, so their file can import its neighbours
-    sys.path.insert(0, str(path.resolve().parent))
+    # the user's folder stays importable, so their code can import its neighbours, also later
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - any error in user code is reported as one line
-        raise LayerLMCError(f"importing {path} failed: {type(err).__name__}: {err}") from None
-    finally:
-        sys.path.remove(str(path.resolve().parent))
+        raise LayerLMCError(f"importing {path} failed: {type(err).__name__}: {_first_line(err)}") from None
     return module
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _call(func: Callable, kwargs: Mapping[str, object], spec: str):
@@ -86,7 +97,7 @@ def _call(func: Callable, kwargs: Mapping[str, object], spec: str):
     except LayerLMCError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise LayerLMCError(f"'{spec}' failed: {type(err).__name__}: {err}") from None
+        raise LayerLMCError(f"'{spec}' failed: {type(err).__name__}: {_first_line(err)}") from None
 
 
 def build_model(spec: str, kwargs: Mapping[str, object] | None = None) -> torch.nn.Module:

@@ -16,7 +16,7 @@ from ..specs import build_data, build_model, parse_kwargs
 
 def split_list(values: tuple[str, ...]) -> list[str]:
     """Repeatable options that also take comma-separated lists: ``--bases a,b``."""
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return list(dict.fromkeys(item.strip() for value in values for item in value.split(",") if item.strip()))
 
 
 def model_options(func):
@@ -106,7 +106,7 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
         "a": str(checkpoint_a), "b": str(checkpoint_b),
         "model": model_spec, "model_args": model_kwargs, "data": data_spec, "data_args": data_kwargs,
         "groups": scheme, "patterns": list(patterns), "layers": split_list(layers),
-        "layerwise": layerwise, "bases": split_list(bases), "cumulative": list(cumulative),
+        "layerwise": layerwise, "bases": split_list(bases), "cumulative": list(dict.fromkeys(cumulative)),
         "alphas": alphas, "layer_alphas": layer_alphas,
         "definitions": split_list(definitions), "references": split_list(references),
         "splits": split_list(splits), "max_examples": max_examples, "batch_size": batch_size,
@@ -122,12 +122,12 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
         splits=config["splits"] or None, max_examples=max_examples, batch_size=batch_size,
         device=device, seed=seed, extrapolate=extrapolate, out=out, plots=plots, config=config,
     )
-    report(table, out, config["definitions"], config["references"])
+    report(table, out, config["definitions"], config["references"], plots)
 
 
-def report(table: pd.DataFrame, out: Path, definitions, references) -> None:
+def report(table: pd.DataFrame, out: Path, definitions, references, plots: bool = True) -> None:
     definition, reference = definitions[0], references[0]
-    endpoints = [r for r in RunDir(out).read_points() if r["kind"] == "endpoint" and r["step"] is None]
+    endpoints = [r for r in RunDir(out).read_points(repair=False) if r["kind"] == "endpoint" and r["step"] is None]
     for record in sorted(endpoints, key=lambda r: r["base"]):
         click.echo(f"model {record['base']}: {record['split']:>6s} loss {record['loss']:.4f}  "
                    f"accuracy {record['accuracy']:.4f}  (n={record['n']:,})")
@@ -138,7 +138,7 @@ def report(table: pd.DataFrame, out: Path, definitions, references) -> None:
     click.echo("")
     click.echo(f"records:  {out / 'points.jsonl'}")
     click.echo(f"barriers: {out / 'barriers.csv'}")
-    for figure in sorted((out / "figures").glob("*.png")):
+    for figure in sorted((out / "figures").glob("*.png")) if plots else ():
         click.echo(f"figure:   {figure}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -27,10 +28,10 @@ cli.add_command(quickstart_command)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes become one ``layerlmc: error: ...`` line and exit code 2."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("layerlmc: %(message)s"))
     logger = logging.getLogger("layerlmc")
-    if not logger.handlers:
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("layerlmc: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     args = sys.argv[1:] if argv is None else list(argv)
@@ -40,18 +41,35 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=args, prog_name="layerlmc", standalone_mode=False)
     except click.UsageError as err:
         hint = f" (see 'layerlmc {err.ctx.command.name} --help')" if err.ctx and err.ctx.command.name != "cli" else ""
-        click.echo(f"layerlmc: error: {err.format_message()}{hint}", err=True)
+        _error(f"{err.format_message()}{hint}")
         return 2
     except click.ClickException as err:
-        click.echo(f"layerlmc: error: {err.format_message()}", err=True)
+        _error(err.format_message())
         return err.exit_code or 1
     except LayerLMCError as err:
-        click.echo(f"layerlmc: error: {err}", err=True)
+        _error(str(err))
         return 2
     except (KeyboardInterrupt, click.Abort):
         click.echo("layerlmc: interrupted; rerun the same command to continue", err=True)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get("LAYERLMC_DEBUG"):
+            raise
+        _error(f"internal error: {type(err).__name__}: {err} (rerun with LAYERLMC_DEBUG=1 for the traceback)")
+        return 1
     return 0
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests and notebooks swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def _error(message: str) -> None:
+    # one line, whatever the message: multi-line texts from libraries are joined
+    click.echo("layerlmc: error: " + " ".join(message.split()), err=True)
 
 
 if __name__ == "__main__":

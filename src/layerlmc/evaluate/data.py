@@ -77,22 +77,32 @@ def prepare_splits(
 
 
 def _as_tensors(name: str, split: object) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(split, Dataset) or (hasattr(split, "__getitem__") and hasattr(split, "__len__")
-                                      and not isinstance(split, (tuple, list))):
-        items = [split[i] for i in range(len(split))]
-        if not items:
-            raise LayerLMCError(f"split '{name}' is empty")
+    is_sequence = hasattr(split, "__getitem__") and hasattr(split, "__len__")
+    if isinstance(split, Dataset) or (
+        is_sequence and not isinstance(split, (tuple, list, Mapping, torch.Tensor, str, bytes))
+        and not hasattr(split, "shape")
+    ):
         try:
+            items = [split[i] for i in range(len(split))]
+            if not items:
+                raise LayerLMCError(f"split '{name}' is empty")
             inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
-            labels = torch.as_tensor([int(y) if not torch.is_tensor(y) or y.ndim == 0 else y for _, y in items])
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise LayerLMCError(f"split '{name}': items must be (input, label) pairs ({err})") from None
+            labels = torch.stack([torch.as_tensor(y) for _, y in items])
+        except LayerLMCError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's Dataset failing in any way
+            detail = (str(err).strip().splitlines() or [""])[0]
+            raise LayerLMCError(
+                f"split '{name}': reading its Dataset failed; items must be (input, label) pairs "
+                f"of equal shapes ({type(err).__name__}: {detail})"
+            ) from None
         return inputs, labels
     if isinstance(split, (tuple, list)) and len(split) == 2:
         try:
             return torch.as_tensor(split[0]), torch.as_tensor(split[1])
         except (TypeError, ValueError, RuntimeError) as err:
-            raise LayerLMCError(f"split '{name}': cannot make tensors of it ({err})") from None
+            detail = (str(err).strip().splitlines() or [""])[0]
+            raise LayerLMCError(f"split '{name}': cannot make tensors of it ({detail})") from None
     raise LayerLMCError(
         f"split '{name}' must be an (inputs, labels) pair or a torch Dataset, got {type(split).__name__}"
     )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..errors import LayerLMCError
+from ..layers import tied_keys
 from .data import Split
 
 
@@ -40,6 +41,8 @@ class Evaluator:
             raise LayerLMCError(f"batch size must be positive, got {batch_size}")
         self.model = model.eval()
         self.splits = dict(splits)
+        # functional_call refuses two values for one tied tensor: pass the first name only
+        self._tied_aliases = {key for tie in tied_keys(model) for key in tie[1:]}
         first = next(iter(self.splits.values()), None)
         self.device = first.labels.device if first is not None else torch.device("cpu")
         self.batch_size = batch_size
@@ -54,7 +57,7 @@ class Evaluator:
         for start in range(0, len(data), self.batch_size):
             inputs = data.inputs[start : start + self.batch_size]
             labels = data.labels[start : start + self.batch_size]
-            logits = functional_call(self.model, state, (inputs,))
+            logits = self._forward(state, inputs, split)
             if split not in self._checked:
                 self._check_labels(split, logits, data.labels)
             logits = logits.reshape(-1, logits.shape[-1]).float()
@@ -69,8 +72,23 @@ class Evaluator:
     def check(self, state: Mapping[str, torch.Tensor]) -> None:
         """Fail early, with a clear message, when labels do not fit the model's outputs."""
         for name, data in self.splits.items():
-            logits = functional_call(self.model, state, (data.inputs[:2],))
+            logits = self._forward(state, data.inputs[:2], name)
             self._check_labels(name, logits, data.labels)
+
+    def _forward(self, state: Mapping[str, torch.Tensor], inputs: torch.Tensor, split: str) -> torch.Tensor:
+        if self._tied_aliases:
+            state = {k: v for k, v in state.items() if k not in self._tied_aliases}
+        try:
+            logits = functional_call(self.model, state, (inputs,))
+        except Exception as err:  # noqa: BLE001 - the user's model failing on the user's data
+            text = str(err).strip().splitlines()
+            raise LayerLMCError(
+                f"the model failed on split '{split}' (inputs of shape {list(inputs.shape)}): "
+                f"{type(err).__name__}: {text[0] if text else ''}"
+            ) from None
+        if not isinstance(logits, torch.Tensor):
+            raise LayerLMCError(f"the model returned a {type(logits).__name__}, not a tensor of logits")
+        return logits
 
     def _check_labels(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.ndim < 2:
