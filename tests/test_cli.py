@@ -208,3 +208,18 @@ def test_console_script_runs(user_files):
     result = subprocess.run([sys.executable, "-m", "layerlmc.cli.main", "barriers", "x.pt"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_example_folder_runs(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "own_model"
+    monkeypatch.syspath_prepend(str(example))
+    import make_checkpoints
+
+    make_checkpoints.main(tmp_path, epochs=1)
+    assert main(["barriers", str(tmp_path / "A.pt"), str(tmp_path / "B.safetensors"),
+                 "--model", f"{example / 'my_models.py'}:make_net", "--data", f"{example / 'my_data.py'}:make_splits",
+                 "--out", str(tmp_path / "ab"), "--cumulative", "shallow", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "fc3" in printed and "shallow +fc2" in printed

@@ -166,3 +166,5 @@ def groups_command(checkpoint, model_spec, model_args, scheme, patterns) -> None
     click.echo(table.to_string(index=False))
     total = int(table["params"].sum()) if rows else 0
     click.echo(f"{len(groups)} groups, {len(state)} tensors, {total:,} numbers")
+    if not model_spec and checkpoint.suffix == ".safetensors":
+        click.echo("(in the file's key order; pass --model to list the groups in the model's order)")
