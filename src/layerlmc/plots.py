@@ -48,34 +48,22 @@ def plot_layer_barriers(barriers: pd.DataFrame, out: Path, definition: str, refe
     groups = chosen[chosen["kind"] == "group"]
     if groups.empty:
         return None
-    splits = list(dict.fromkeys(groups["split"]))
     names = list(dict.fromkeys(groups.sort_values("group_index")["group"]))
     bases = sorted(groups["base"].unique())
-    fig, axes = plt.subplots(
-        len(splits), 2, figsize=(max(8, 0.55 * len(names) * 2 + 3), 3.2 * len(splits)),
-        squeeze=False, constrained_layout=True,
-    )
     x = np.arange(len(names))
     width = 0.8 / len(bases)
-    for row, split in enumerate(splits):
-        for col, metric in enumerate(("loss", "error")):
-            ax = axes[row][col]
-            scale = 100.0 if metric == "error" else 1.0
-            panel = groups[(groups["split"] == split) & (groups["metric"] == metric)]
-            for i, base in enumerate(bases):
-                values = panel[panel["base"] == base].set_index("group")["value"].reindex(names)
-                ax.bar(x + (i - (len(bases) - 1) / 2) * width, scale * values.to_numpy(float), width,
-                       label=f"base {base}", color=BASE_COLOR.get(base))
-            full = chosen[(chosen["kind"] == "full") & (chosen["split"] == split) & (chosen["metric"] == metric)]
-            if not full.empty:
-                ax.axhline(scale * full["value"].iloc[0], color="crimson", linestyle="--",
-                           label="full network")
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{split} {metric} barrier")
-            ax.set_ylabel(METRIC_LABEL[metric].replace("error (%)", "error barrier (pp)"))
-            ax.grid(axis="y", alpha=0.3)
-            ax.legend(fontsize=8)
+    fig, panels = _panels(groups, width=max(8, 0.55 * len(names) * 2 + 3), height=3.2)
+    for ax, panel, split, metric, scale in panels:
+        for i, base in enumerate(bases):
+            values = panel[panel["base"] == base].set_index("group")["value"].reindex(names)
+            ax.bar(x + (i - (len(bases) - 1) / 2) * width, scale * values.to_numpy(float), width,
+                   label=f"base {base}", color=BASE_COLOR.get(base))
+        full = chosen[(chosen["kind"] == "full") & (chosen["split"] == split) & (chosen["metric"] == metric)]
+        if not full.empty:
+            ax.axhline(scale * full["value"].iloc[0], color="crimson", linestyle="--", label="full network")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.grid(axis="x", visible=False)
+        ax.legend(fontsize=8)
     fig.suptitle(f"layer-wise barriers ({definition}, reference: {reference})")
     return _save(fig, out / "layer_barriers.png")
 
@@ -86,27 +74,39 @@ def plot_cumulative(barriers: pd.DataFrame, out: Path, definition: str, referenc
     cumulative = chosen[chosen["kind"] == "cumulative"]
     if cumulative.empty:
         return None
-    splits = list(dict.fromkeys(cumulative["split"]))
-    fig, axes = plt.subplots(len(splits), 2, figsize=(11, 3.4 * len(splits)), squeeze=False,
-                             constrained_layout=True)
     styles = {"a": "-", "b": "--"}
-    for row, split in enumerate(splits):
-        for col, metric in enumerate(("loss", "error")):
-            ax = axes[row][col]
-            scale = 100.0 if metric == "error" else 1.0
-            panel = cumulative[(cumulative["split"] == split) & (cumulative["metric"] == metric)]
-            for (order, base), line in panel.groupby(["order", "base"], sort=False):
-                line = line.sort_values("group_index")
-                ax.plot(line["group_index"] + 1, scale * line["value"], marker="o",
-                        linestyle=styles.get(base, "-"), label=f"{order}, base {base}")
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.set_xlabel("groups averaged (prefix length; window: start + 1)")
-            ax.set_title(f"{split} {metric} barrier")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+    fig, panels = _panels(cumulative, width=11, height=3.4)
+    for ax, panel, _, _, scale in panels:
+        for (order, base), line in panel.groupby(["order", "base"], sort=False):
+            line = line.sort_values("group_index")
+            ax.plot(line["group_index"] + 1, scale * line["value"], marker="o",
+                    linestyle=styles.get(base, "-"), label=f"{order}, base {base}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("groups averaged (prefix length; window: start + 1)")
+        ax.legend(fontsize=8)
     fig.suptitle(f"cumulative averaging ({definition}, reference: {reference})")
     return _save(fig, out / "cumulative_barriers.png")
+
+
+def _panels(rows: pd.DataFrame, width: float, height: float):
+    """A figure with one row per split and a loss and an error column; yields each panel's
+    axes, rows, split, metric and the factor that shows error in percentage points."""
+    splits = list(dict.fromkeys(rows["split"]))
+    fig, axes = plt.subplots(len(splits), 2, figsize=(width, height * len(splits)), squeeze=False,
+                             constrained_layout=True)
+
+    def panels():
+        for row, split in enumerate(splits):
+            for col, metric in enumerate(("loss", "error")):
+                ax = axes[row][col]
+                ax.axhline(0, color="black", linewidth=0.8)
+                ax.set_title(f"{split} {metric} barrier")
+                ax.set_ylabel("loss barrier (nats)" if metric == "loss" else "error barrier (pp)")
+                ax.grid(alpha=0.3)
+                panel = rows[(rows["split"] == split) & (rows["metric"] == metric)]
+                yield ax, panel, split, metric, (100.0 if metric == "error" else 1.0)
+
+    return fig, panels()
 
 
 def plot_run(points: pd.DataFrame, barriers: pd.DataFrame, out: Path) -> list[Path]:
