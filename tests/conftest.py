@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 import textwrap
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 
 from layerlmc.checkpoints import save_state_dict
+from layerlmc.data import fashion_mnist as fm
 
 MODEL_FILE = textwrap.dedent(
     """
@@ -77,3 +82,28 @@ def user_files(tmp_path: Path) -> dict[str, Path]:
         "state_a": net_a.state_dict(),
         "state_b": net_b.state_dict(),
     }
+
+
+def _write_idx(path, array, gz=True):
+    codes = {np.uint8: 0x08}
+    header = struct.pack(">BBBB", 0, 0, codes[array.dtype.type], array.ndim)
+    header += b"".join(struct.pack(">I", d) for d in array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+@pytest.fixture()
+def tiny_fmnist(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 240), ("test", 120)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # class-dependent brightness, so a CNN can learn something in one epoch
+        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 18).astype(np.uint8)
+        images_name, labels_name = fm.FILES[split]
+        _write_idx(folder / f"{images_name}.gz", images, gz=True)
+        _write_idx(folder / labels_name, labels, gz=False)
+    monkeypatch.setenv("LAYERLMC_DATA", str(tmp_path / "data"))
+    return folder

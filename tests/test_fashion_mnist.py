@@ -1,41 +1,13 @@
 """The idx reader and the quickstart, on a tiny synthetic Fashion-MNIST in $LAYERLMC_DATA."""
 
-import gzip
 import json
-import struct
 
-import numpy as np
 import pytest
 import torch
 
 from layerlmc.cli.main import main
 from layerlmc.data import fashion_mnist as fm
 from layerlmc.errors import LayerLMCError
-
-
-def _write_idx(path, array, gz=True):
-    codes = {np.uint8: 0x08}
-    header = struct.pack(">BBBB", 0, 0, codes[array.dtype.type], array.ndim)
-    header += b"".join(struct.pack(">I", d) for d in array.shape)
-    opener = gzip.open if gz else open
-    with opener(path, "wb") as handle:
-        handle.write(header + array.tobytes())
-
-
-@pytest.fixture()
-def tiny_fmnist(tmp_path, monkeypatch):
-    folder = tmp_path / "data" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 240), ("test", 120)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        # class-dependent brightness, so a CNN can learn something in one epoch
-        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 18).astype(np.uint8)
-        images_name, labels_name = fm.FILES[split]
-        _write_idx(folder / f"{images_name}.gz", images, gz=True)
-        _write_idx(folder / labels_name, labels, gz=False)
-    monkeypatch.setenv("LAYERLMC_DATA", str(tmp_path / "data"))
-    return folder
 
 
 def test_reader_gives_standardised_tensors(tiny_fmnist):

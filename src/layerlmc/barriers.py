@@ -149,3 +149,22 @@ def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", referenc
     metric_rank = {m: i for i, m in enumerate(METRICS)}
     columns = sorted(table.columns, key=lambda c: (split_rank[c.split()[0]], metric_rank[c.split()[1]], c))
     return table[columns]
+
+
+def trajectory_summary(barriers: pd.DataFrame, definition: str = "midpoint", reference: str = "models") -> pd.DataFrame:
+    """Per step: the full-network barrier and the largest single-group barrier over both bases
+    (and its group), for each split × metric: the paper's headline comparison."""
+    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    rows = {}
+    for (step, split, metric), frame in chosen.groupby(["step", "split", "metric"], sort=True):
+        full = frame[frame["kind"] == "full"]["value"]
+        groups = frame[frame["kind"] == "group"]
+        row = rows.setdefault(step, {})
+        row[f"{split} {metric} full"] = float(full.iloc[0]) if len(full) else float("nan")
+        if len(groups) and groups["value"].notna().any():
+            top = groups.loc[groups["value"].idxmax()]
+            row[f"{split} {metric} max layer"] = float(top["value"])
+            row[f"{split} {metric} layer"] = f"{top['group']} [{top['base']}]"
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "step"
+    return table

@@ -12,6 +12,9 @@ from ..errors import LayerLMCError
 from .barriers import barriers_command, groups_command
 from .ls import ls_command
 from .quickstart import quickstart_command
+from .reproduce import reproduce_command
+from .train import train_command
+from .trajectory import plot_command, trajectory_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -24,6 +27,10 @@ cli.add_command(barriers_command)
 cli.add_command(groups_command)
 cli.add_command(ls_command)
 cli.add_command(quickstart_command)
+cli.add_command(train_command)
+cli.add_command(trajectory_command)
+cli.add_command(plot_command)
+cli.add_command(reproduce_command)
 
 
 def main(argv: list[str] | None = None) -> int:

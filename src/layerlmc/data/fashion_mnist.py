@@ -3,6 +3,9 @@
 Searched, in order: ``$LAYERLMC_DATA`` (the folder itself or its ``fashion-mnist/``),
 the user cache ``~/.cache/layerlmc/fashion-mnist`` (``$XDG_CACHE_HOME`` respected), and
 Debian's ``dataset-fashion-mnist`` package at ``/usr/share/datasets/fashion-mnist``.
+
+The idx helpers here (``read_idx``, ``find_idx_dir``, ``load_idx_split``) are shared with
+MNIST, which uses the same four file names.
 """
 
 from __future__ import annotations
@@ -26,24 +29,41 @@ MEAN, STD = 0.2860, 0.3530
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def candidate_dirs() -> list[Path]:
+def cache_root() -> Path:
+    """``~/.cache/layerlmc``, or ``$XDG_CACHE_HOME/layerlmc`` where that is set."""
+    # the XDG spec says an empty value means unset; without `or` it would be the current folder
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layerlmc"
+
+
+def idx_candidate_dirs(subdir: str, system_dir: Path) -> list[Path]:
+    """``$LAYERLMC_DATA/<subdir>``, ``$LAYERLMC_DATA``, the user cache's ``<subdir>``, ``system_dir``."""
     dirs = []
     if os.environ.get("LAYERLMC_DATA"):
         root = Path(os.environ["LAYERLMC_DATA"])
-        dirs += [root / "fashion-mnist", root]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    dirs += [cache / "layerlmc" / "fashion-mnist", DEBIAN_DIR]
+        dirs += [root / subdir, root]
+    dirs += [cache_root() / subdir, system_dir]
     return dirs
 
 
-def find_dir() -> Path:
-    for folder in candidate_dirs():
+def candidate_dirs() -> list[Path]:
+    return idx_candidate_dirs("fashion-mnist", DEBIAN_DIR)
+
+
+def find_idx_dir(dirs: list[Path], title: str, how_to_get: str) -> Path:
+    """The first of ``dirs`` holding all four idx files, else an error saying where it looked."""
+    for folder in dirs:
         if all(_find_file(folder, name) for pair in FILES.values() for name in pair):
             return folder
-    searched = ", ".join(str(d) for d in candidate_dirs())
-    raise LayerLMCError(
-        f"Fashion-MNIST not found (searched {searched}); install it with "
-        "'apt-get install -y dataset-fashion-mnist' or put the four idx files in $LAYERLMC_DATA/fashion-mnist"
+    searched = ", ".join(str(d) for d in dirs)
+    raise LayerLMCError(f"{title} not found (searched {searched}); {how_to_get}")
+
+
+def find_dir() -> Path:
+    return find_idx_dir(
+        candidate_dirs(),
+        "Fashion-MNIST",
+        "install it with 'apt-get install -y dataset-fashion-mnist' "
+        "or put the four idx files in $LAYERLMC_DATA/fashion-mnist",
     )
 
 
@@ -76,18 +96,40 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
 
 
-def load_split(split: str, folder: Path | None = None, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as float32 ``[N, 1, 28, 28]`` (standardised unless ``normalize=False``) and int64 labels."""
-    folder = folder or find_dir()
+def load_idx_split(
+    folder: Path, split: str, title: str, mean: float, std: float, normalize: bool = True, classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of an MNIST-style idx folder: float32 ``[N, 1, 28, 28]`` images and int64 labels."""
     images_name, labels_name = FILES[split]
-    images = torch.from_numpy(read_idx(_find_file(folder, images_name) or folder / images_name).copy())
-    labels = torch.from_numpy(read_idx(_find_file(folder, labels_name) or folder / labels_name).astype(np.int64))
+    images_path = _find_file(folder, images_name) or folder / images_name
+    labels_path = _find_file(folder, labels_name) or folder / labels_name
+    images_np, labels_np = read_idx(images_path), read_idx(labels_path)
+    # a valid idx file of the wrong kind (labels swapped for images, another image size)
+    # would otherwise fail later with a shape error far from its cause
+    if images_np.dtype != np.uint8 or images_np.ndim != 3 or images_np.shape[1:] != (28, 28):
+        raise LayerLMCError(
+            f"{images_path} holds {images_np.dtype} {list(images_np.shape)}, not uint8 [N, 28, 28] images"
+        )
+    if labels_np.ndim != 1:
+        raise LayerLMCError(f"{labels_path} holds an array of shape {list(labels_np.shape)}, not a list of labels")
+    images = torch.from_numpy(images_np.copy())
+    labels = torch.from_numpy(labels_np.astype(np.int64))
     if images.shape[0] != labels.shape[0]:
-        raise LayerLMCError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise LayerLMCError(f"{title} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise LayerLMCError(
+            f"{labels_path} has labels from {int(labels.min())} to {int(labels.max())}; "
+            f"{title} has classes 0..{classes - 1}"
+        )
     x = images.float().div_(255.0).unsqueeze(1)
     if normalize:
-        x = x.sub_(MEAN).div_(STD)
+        x = x.sub_(mean).div_(std)
     return x, labels
+
+
+def load_split(split: str, folder: Path | None = None, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 ``[N, 1, 28, 28]`` (standardised unless ``normalize=False``) and int64 labels."""
+    return load_idx_split(folder or find_dir(), split, "Fashion-MNIST", MEAN, STD, normalize)
 
 
 @datasets.register("fashion-mnist", "Fashion-MNIST train (60k) / test (10k), 1×28×28, 10 classes")

@@ -54,6 +54,32 @@ class SmallCNN(nn.Module):
         return self.head(x)
 
 
+class DeepCNN(nn.Module):
+    """Six 3×3 conv layers in three stages (2×2 max-pool after each), ``fc1`` and ``head``; no
+    normalisation, like the paper's ResNet-18 without normalisation but small enough for a CPU.
+
+    Layer groups ``conv1`` … ``conv6``, ``fc1``, ``head``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, hidden: int = 128):
+        super().__init__()
+        channels = [in_channels, width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+        for i in range(6):
+            self.add_module(f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1))
+        self.pool = nn.MaxPool2d(2)
+        self.adapt = nn.AdaptiveMaxPool2d(3)
+        self.fc1 = nn.Linear(4 * width * 3 * 3, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in range(3):
+            x = torch.relu(getattr(self, f"conv{2 * stage + 1}")(x))
+            x = torch.relu(getattr(self, f"conv{2 * stage + 2}")(x))
+            x = self.pool(x) if stage < 2 else self.adapt(x)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.head(x)
+
+
 @models.register("mlp", "MLP: fc1..fcN + head (in_features=784, hidden=[256,128], num_classes=10)")
 def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128), num_classes: int = 10) -> MLP:
     return MLP(in_features, tuple(hidden), num_classes)
@@ -62,3 +88,8 @@ def mlp(in_features: int = 784, hidden: Sequence[int] = (256, 128), num_classes:
 @models.register("cnn", "small CNN: conv1-3 + fc1 + head (in_channels=1, num_classes=10, width=16)")
 def cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, hidden: int = 128) -> SmallCNN:
     return SmallCNN(in_channels, num_classes, width, hidden)
+
+
+@models.register("deep-cnn", "CNN without normalisation: conv1-6 + fc1 + head (in_channels=1, num_classes=10, width=16)")
+def deep_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, hidden: int = 128) -> DeepCNN:
+    return DeepCNN(in_channels, num_classes, width, hidden)

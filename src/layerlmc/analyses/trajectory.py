@@ -1,0 +1,219 @@
+"""Barriers and distances over training: one cell per (step, path), resumable cell by cell."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..barriers import compute_barriers
+from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..errors import LayerLMCError
+from ..evaluate import Evaluator, prepare_splits, resolve_device
+from ..layers import LayerGroup, layer_groups, tied_keys
+from ..lmc import as_list, evaluate_paths, plan_paths
+from ..results import RunDir
+
+log = logging.getLogger("layerlmc")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+DISTANCE_COLUMNS = ("step", "unit", "group", "group_index", "l2_ab", "cos_ab",
+                    "l2_a_init", "cos_a_init", "l2_b_init", "cos_b_init")
+
+
+def find_checkpoints(source: str | Path) -> dict[int, Path]:
+    """Checkpoints of a folder or a glob, keyed by step: the last number in each file name
+    (``epoch_0010.safetensors`` → 10, ``exp_0_epoch_20.pt`` → 20, ``step1500.bin`` → 1500)."""
+    text = str(source)
+    if any(ch in text for ch in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(text))]
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise LayerLMCError(f"checkpoint folder not found: {folder}")
+        files = sorted(p for p in folder.iterdir())
+    files = [p for p in files if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
+             and not p.name.startswith("optimizer_")]
+    steps: dict[int, Path] = {}
+    for path in files:
+        numbers = re.findall(r"\d+", path.stem)
+        if not numbers:
+            raise LayerLMCError(f"cannot tell the step of checkpoint {path}: its name has no number")
+        step = int(numbers[-1])
+        if step in steps:
+            raise LayerLMCError(f"two checkpoints for step {step}: {steps[step]} and {path}")
+        steps[step] = path
+    if not steps:
+        raise LayerLMCError(f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) found in {source}")
+    return dict(sorted(steps.items()))
+
+
+def select_steps(
+    a: Mapping[int, Path], b: Mapping[int, Path], every: int = 1, steps: Sequence[int] | None = None,
+    allow_missing: bool = False,
+) -> list[int]:
+    """Steps both sides have; every ``every``-th of them (the last always included) or ``steps``."""
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if (only_a or only_b) and not allow_missing:
+        parts = [f"steps {_short(only_a)} have no checkpoint b" if only_a else "",
+                 f"steps {_short(only_b)} have no checkpoint a" if only_b else ""]
+        raise LayerLMCError("unmatched checkpoints: " + "; ".join(p for p in parts if p)
+                            + "; pass --allow-missing to analyse the common steps only")
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise LayerLMCError("the two checkpoint sets have no step in common")
+    if steps:
+        missing = [s for s in steps if s not in common]
+        if missing:
+            raise LayerLMCError(f"no checkpoint pair for step(s) {_short(missing)}; available: {_short(common)}")
+        return sorted(set(steps))
+    if every < 1:
+        raise LayerLMCError(f"--every must be at least 1, got {every}")
+    chosen = common[::every]
+    if common[-1] not in chosen:
+        chosen.append(common[-1])
+    return chosen
+
+
+def layer_distances(
+    a: StateDict, b: StateDict, a_init: StateDict, b_init: StateDict, groups: Sequence[LayerGroup],
+) -> list[dict]:
+    """Per group and for the full network: L2 distance and cosine between a and b, and of each
+    to its own initialization (floating tensors only, flattened together)."""
+    rows = []
+    for name, index, keys in [("full", None, [k for g in groups for k in g.keys]),
+                              *[(g.name, g.index, list(g.keys)) for g in groups]]:
+        keys = [k for k in keys if a[k].is_floating_point()]
+        if not keys:
+            continue
+        va, vb, va0, vb0 = (torch.cat([s[k].detach().reshape(-1).double().cpu() for k in keys])
+                            for s in (a, b, a_init, b_init))
+        rows.append({
+            "group": name, "group_index": index,
+            "l2_ab": _l2(va, vb), "cos_ab": _cos(va, vb),
+            "l2_a_init": _l2(va, va0), "cos_a_init": _cos(va, va0),
+            "l2_b_init": _l2(vb, vb0), "cos_b_init": _cos(vb, vb0),
+        })
+    return rows
+
+
+def trajectory(
+    model: torch.nn.Module,
+    a_checkpoints: Mapping[int, str | Path],
+    b_checkpoints: Mapping[int, str | Path],
+    data: Mapping[str, object],
+    out: str | Path,
+    *,
+    unit: str = "epoch",
+    every: int = 1,
+    steps: Sequence[int] | None = None,
+    allow_missing: bool = False,
+    groups: str = "module",
+    patterns: Sequence[str] = (),
+    layers: Sequence[str] | None = None,
+    layerwise: bool = True,
+    bases: Sequence[str] = ("a", "b"),
+    cumulative: Sequence[str] = (),
+    alphas: str | Sequence[float] = "0,0.5,1",
+    layer_alphas: str | Sequence[float] | None = None,
+    definitions: Sequence[str] = ("midpoint",),
+    references: Sequence[str] = ("models",),
+    splits: Sequence[str] | None = None,
+    max_examples: int | None = None,
+    batch_size: int = 1024,
+    device: str = "auto",
+    seed: int = 0,
+    plots: bool = True,
+    progress: bool | None = None,
+    config: Mapping | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Full, single-group and cumulative barriers of the pair at every selected step, and the
+    per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
+    ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
+    Returns ``(barriers, distances)``."""
+    chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
+    expected = model.state_dict()
+    target = resolve_device(device)
+    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
+    evaluator = Evaluator(model.to(target), prepared, batch_size)
+    init_step = min(set(a_checkpoints) & set(b_checkpoints))
+    a_init = _load(a_checkpoints[init_step], expected)
+    b_init = _load(b_checkpoints[init_step], expected)
+    check_pair(a_init, b_init, expected)
+    evaluator.check({k: v.to(target) for k, v in a_init.items()})
+    if init_step != 0:
+        log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
+    run = RunDir(out)
+    inputs = {
+        "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}",
+        "model": repr(model), "data": _describe_data(prepared),
+        "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
+        "grouping": f"{groups} {list(patterns)}" if patterns else groups,
+    }
+    settings = dict(config) if config is not None else {
+        "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
+        "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
+    }
+    run.claim(inputs, settings, str(target))
+    group_list = [g for g in layer_groups(a_init, groups, patterns, tied=tied_keys(model))]
+    paths = plan_paths(
+        a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
+        cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
+        references=references, seed=seed,
+    )
+    records, distances = [], []
+    try:
+        for number, step in enumerate(chosen, start=1):
+            a = a_init if step == init_step else _load(a_checkpoints[step], expected)
+            b = b_init if step == init_step else _load(b_checkpoints[step], expected)
+            check_pair(a, b, expected)
+            log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
+            records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit, progress=progress)
+            distances += [{"step": step, "unit": unit, **row} for row in layer_distances(a, b, a_init, b_init, group_list)]
+    except KeyboardInterrupt:
+        run.finish("interrupted")
+        raise
+    except BaseException:
+        run.finish("failed")
+        raise
+    table = compute_barriers(pd.DataFrame(records), definitions, references)
+    distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
+    run.write_barriers(table)
+    run._write_text(run.path / "distances.csv", distance_table.to_csv(index=False))
+    if plots:
+        from ..plots_trajectory import plot_trajectory
+
+        plot_trajectory(table, distance_table, run.figures, as_list(definitions)[0], as_list(references)[0])
+    run.finish("complete")
+    return table, distance_table
+
+
+def _load(path: str | Path, expected: Mapping[str, torch.Tensor]) -> StateDict:
+    return reorder_like(load_state_dict(path), expected)
+
+
+def _l2(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x - y))
+
+
+def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
+    denominator = float(torch.linalg.vector_norm(x) * torch.linalg.vector_norm(y))
+    return float(x @ y) / denominator if denominator else float("nan")
+
+
+def _short(values: Sequence[int]) -> str:
+    shown = ", ".join(map(str, values[:8]))
+    return shown + (f" (+{len(values) - 8} more)" if len(values) > 8 else "")
+
+
+def _common_folder(checkpoints: Mapping[int, str | Path]) -> str:
+    parents = {str(Path(p).resolve().parent) for p in checkpoints.values()}
+    return parents.pop() if len(parents) == 1 else ", ".join(sorted(parents))
+
+
+def _describe_data(prepared) -> str:
+    return "; ".join(f"{name} {tuple(s.inputs.shape)} labels-sum {int(s.labels.sum())}" for name, s in prepared.items())

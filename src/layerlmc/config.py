@@ -1,0 +1,187 @@
+"""Typed, validated configs: YAML files plus dotted ``key=value`` overrides.
+
+A mistake (unknown key, wrong type, value out of range) is one line naming the key and, for
+an unknown key, the closest valid one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import LayerLMCError, did_you_mean
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    """A built-in model name (``layerlmc ls models``), ``FILE.py:FUNC`` or ``package.module:FUNC``."""
+
+    name: str = "cnn"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSpec(Strict):
+    """A built-in dataset name or ``FILE.py:FUNC``; which splits train and evaluate."""
+
+    name: str = "fashion-mnist"
+    args: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule, a pure function of the iteration (so a resumed run matches).
+
+    ``constant``; ``cosine`` (per epoch to ``min_lr``, T_max = epochs); ``warmup-cosine``
+    (linear warmup per iteration from ``warmup_start_lr`` over ``warmup_iters`` into the cosine,
+    the paper's no-norm ResNet); ``step`` (×``gamma`` every ``step_size`` epochs);
+    ``multistep`` (×``gamma`` at each milestone: epochs, or fractions of the run when all < 1);
+    ``onecycle`` (per iteration: up from lr/``div_factor`` for ``pct_start`` of the run, then
+    cosine down to lr/(``div_factor``·``final_div_factor``)).
+    """
+
+    name: Literal["constant", "cosine", "warmup-cosine", "step", "multistep", "onecycle"] = "constant"
+    min_lr: float = Field(0.0, ge=0)
+    warmup_iters: int = Field(100, ge=0)
+    warmup_start_lr: float = Field(1e-4, ge=0)
+    step_size: int = Field(30, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+
+
+class AugmentConfig(Strict):
+    """Image augmentation on tensors: random crop after zero padding, horizontal flip."""
+
+    crop_padding: int = Field(0, ge=0)
+    flip: bool = False
+
+
+class TrainConfig(Strict):
+    """N runs (a pair by default) of one model on one dataset, a checkpoint every epoch."""
+
+    name: str = "pair"
+    out: str | None = Field(None, description="run folder; default runs/<name>")
+    runs: int = Field(2, ge=1, le=26)
+    init: Literal["same", "different"] = "same"
+    init_seed: int = 0
+    order_seeds: list[int] | None = Field(None, description="data-order seed per run; default 1..runs")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    eval_max_examples: int | None = Field(10000, ge=1, description="train examples evaluated per epoch")
+    eval_batch_size: int = Field(1024, ge=1)
+    device: str = "auto"
+
+    def seeds(self) -> list[int]:
+        seeds = self.order_seeds or list(range(1, self.runs + 1))
+        if len(seeds) != self.runs:
+            raise LayerLMCError(f"order_seeds has {len(seeds)} seeds for {self.runs} runs")
+        return seeds
+
+
+def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> C:
+    """``cls`` validated from a YAML file (or a mapping) with dotted ``key=value`` overrides."""
+    if source is None:
+        raw: dict = {}
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise LayerLMCError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise LayerLMCError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+        if not isinstance(raw, dict):
+            raise LayerLMCError(f"{path} must hold a mapping of config keys, not a {type(raw).__name__}")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise LayerLMCError(f"override '{override}' is not of the form key=value (e.g. optimizer.lr=0.1)")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip().split("."), parsed, override)
+    return validate(cls, raw)
+
+
+def validate(cls: type[C], raw: Mapping) -> C:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise LayerLMCError(_describe(cls, err)) from None
+
+
+def _set_dotted(raw: dict, keys: list[str], value: object, override: str) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise LayerLMCError(f"override '{override}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(cls: type[BaseModel], err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        fields = _fields_at(cls, loc[:-1])
+        return f"unknown config key '{key}'{did_you_mean(loc[-1], fields)}"
+    more = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"config key '{key}': {first['msg']} (got {first.get('input')!r}){more}"
+
+
+def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = cls
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def to_dict(config: BaseModel) -> dict:
+    return config.model_dump(mode="json")
+
+
+def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = list(dict.fromkeys([*old, *new]))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out

@@ -1,0 +1,224 @@
+"""``layerlmc train``: N runs of one config, a checkpoint every epoch, resumable to the same weights.
+
+Every epoch is a pure function of (weights, optimizer state, config, run seed, epoch): the data
+order, the augmentation and any other randomness are drawn from generators seeded by the run's
+data-order seed and the epoch, and the learning rate is a function of the iteration. So a run
+killed at any moment resumes from its last complete epoch and ends with the weights an
+uninterrupted run has (on CPU, where kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from ..checkpoints import load_state_dict, save_state_dict
+from ..config import TrainConfig, differences, to_dict
+from ..errors import LayerLMCError
+from ..evaluate import Evaluator, prepare_splits, resolve_device
+from ..results import RunDir
+from ..specs import build_data, build_model
+from .augment import augment
+from .schedules import learning_rate
+
+log = logging.getLogger("layerlmc")
+ROLES = "abcdefghijklmnopqrstuvwxyz"
+
+
+def checkpoint_path(out: Path, role: str, epoch: int) -> Path:
+    return Path(out) / "checkpoints" / role / f"epoch_{epoch:04d}.safetensors"
+
+
+def optimizer_path(out: Path, role: str, epoch: int) -> Path:
+    return Path(out) / "checkpoints" / role / f"optimizer_{epoch:04d}.pt"
+
+
+def run_folder(config: TrainConfig, out: str | Path | None = None) -> Path:
+    return Path(out or config.out or Path("runs") / config.name)
+
+
+def train_runs(config: TrainConfig, out: str | Path | None = None, progress: bool | None = None) -> Path:
+    """Train ``config.runs`` runs into ``out`` (default ``runs/<name>``); returns the folder.
+
+    Layout: ``config.yaml``, ``run.json``, ``history.jsonl`` (one line per run and epoch:
+    ``role, epoch, lr, train_loss, train_accuracy, test_loss, test_accuracy, seconds``) and
+    ``checkpoints/<role>/epoch_NNNN.safetensors`` with epoch 0 = the initialization. Rerunning
+    continues an interrupted run; a folder trained with another config is refused.
+    """
+    folder = run_folder(config, out)
+    resolved = to_dict(config)
+    resolved["out"] = str(folder)
+    run = RunDir(folder)
+    _claim(run, resolved)
+    device = resolve_device(config.device)
+    data = build_data(config.data.name, config.data.args)
+    train_name, test_name = config.data.train_split, config.data.test_split
+    train = prepare_splits(data, [train_name], device=device)[train_name]
+    evaluation = {
+        **prepare_splits(data, [train_name], max_examples=config.eval_max_examples, seed=0, device=device),
+        **prepare_splits(data, [test_name], device=device),
+    }
+    seeds = config.seeds()
+    try:
+        for index, (role, seed) in enumerate(zip(ROLES, seeds)):
+            torch.manual_seed(config.init_seed if config.init == "same" else config.init_seed + index)
+            model = build_model(config.model.name, config.model.args).to(device)
+            _train_one(config, folder, role, seed, model, train, evaluation, progress)
+    except KeyboardInterrupt:
+        run.finish("interrupted")
+        raise
+    except BaseException:
+        run.finish("failed")
+        raise
+    run.finish("complete")
+    return folder
+
+
+def _claim(run: RunDir, resolved: dict) -> None:
+    config_file = run.path / "config.yaml"
+    if config_file.exists():
+        old = yaml.safe_load(config_file.read_text()) or {}
+        changed = [key for key in differences(old, resolved) if key != "out"]
+        if changed:
+            raise LayerLMCError(
+                f"{run.path} was trained with another config ({', '.join(changed[:6])} differ); "
+                "resume it with the same config or train into another folder"
+            )
+    run.config = resolved
+    run.write_config()
+    previous = run.read_run() or {}
+    run.write_run({
+        **previous, "status": "running", "started": previous.get("started") or _now(),
+        "resumed": _now() if previous else None, "ended": None,
+    })
+
+
+def resume_epoch(folder: Path, role: str) -> int | None:
+    """The last epoch whose weights and optimizer state are both saved (0 needs no optimizer)."""
+    ckpts = folder / "checkpoints" / role
+    epochs = sorted(int(p.stem.split("_")[1]) for p in ckpts.glob("epoch_*.safetensors")) if ckpts.is_dir() else []
+    for epoch in reversed(epochs):
+        if epoch == 0 or optimizer_path(folder, role, epoch).exists():
+            return epoch
+    return None
+
+
+def read_history(folder: Path) -> list[dict]:
+    path = Path(folder) / "history.jsonl"
+    if not path.exists():
+        return []
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            latest[(record["role"], record["epoch"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line of a killed run; that epoch is evaluated again
+    return sorted(latest.values(), key=lambda r: (r["role"], r["epoch"]))
+
+
+def _train_one(config, folder, role, seed, model, train, evaluation, progress) -> None:
+    epochs = config.epochs
+    start = resume_epoch(folder, role)
+    if start is None:
+        start = 0
+        save_state_dict(model.state_dict(), checkpoint_path(folder, role, 0))
+    else:
+        model.load_state_dict(load_state_dict(checkpoint_path(folder, role, start)))
+    optimizer = _optimizer(config, model)
+    if start > 0:
+        optimizer.load_state_dict(torch.load(optimizer_path(folder, role, start), map_location=train.labels.device,
+                                             weights_only=True))
+    if start == epochs:
+        log.info("run %s: already trained (%d epochs)", role, epochs)
+    elif start:
+        log.info("run %s: resuming after epoch %d of %d", role, start, epochs)
+    evaluator = Evaluator(model, evaluation, config.eval_batch_size)
+    done = {r["epoch"] for r in read_history(folder) if r["role"] == role}
+    iters = -(-len(train) // config.batch_size)
+    if start not in done:
+        _log_epoch(folder, role, start, evaluator, model, lr=None, seconds=0.0)
+    bar = tqdm(range(start + 1, epochs + 1), desc=f"run {role}", unit="epoch", disable=None if progress is None else not progress)
+    for epoch in bar:
+        began = time.perf_counter()
+        model.train()
+        generator = torch.Generator().manual_seed(_mix(seed, epoch))
+        torch.manual_seed(_mix(seed, epoch) + 1)  # dropout and other module randomness
+        order = torch.randperm(len(train), generator=generator).to(train.labels.device)
+        lr = config.optimizer.lr
+        for batch in range(iters):
+            lr = learning_rate(config.schedule, config.optimizer.lr, (epoch - 1) * iters + batch, epochs, iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+            inputs = augment(train.inputs[index], config.augment, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(inputs), train.labels[index])
+            if not torch.isfinite(loss):
+                raise LayerLMCError(
+                    f"run {role} diverged at epoch {epoch}, batch {batch} (loss {loss.item()}); "
+                    "lower optimizer.lr or change the schedule"
+                )
+            loss.backward()
+            optimizer.step()
+        # weights, then optimizer state: an epoch counts as done only when both are on disk
+        save_state_dict(model.state_dict(), checkpoint_path(folder, role, epoch))
+        _save_optimizer(optimizer, optimizer_path(folder, role, epoch))
+        optimizer_path(folder, role, epoch - 1).unlink(missing_ok=True)
+        record = _log_epoch(folder, role, epoch, evaluator, model, lr, time.perf_counter() - began)
+        bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}")
+        log.info("run %s epoch %d/%d: train loss %.4f, test loss %.4f, test accuracy %.4f (%.0f s)",
+                 role, epoch, epochs, record["train_loss"], record["test_loss"], record["test_accuracy"],
+                 record["seconds"])
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                               weight_decay=opt.weight_decay)
+    if opt.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(optimizer.state_dict(), tmp)  # tensors, numbers and lists only: loads with weights_only
+    tmp.replace(path)
+
+
+def _log_epoch(folder, role, epoch, evaluator, model, lr, seconds) -> dict:
+    state = dict(model.state_dict())
+    names = list(evaluator.splits)
+    train_metrics, test_metrics = (evaluator.evaluate(state, name) for name in names)
+    record = {
+        "role": role, "epoch": epoch, "lr": lr,
+        "train_loss": train_metrics.loss, "train_accuracy": train_metrics.accuracy,
+        "test_loss": test_metrics.loss, "test_accuracy": test_metrics.accuracy,
+        "seconds": round(seconds, 3),
+    }
+    path = Path(folder) / "history.jsonl"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return record
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
