@@ -42,13 +42,16 @@ def test_quickstart_end_to_end(tiny_fmnist, tmp_path, capsys):
     init_a = fm_state(out / "checkpoints" / "a" / "epoch_0000.safetensors")
     init_b = fm_state(out / "checkpoints" / "b" / "epoch_0000.safetensors")
     assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)  # one shared initialization
-    records = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "analysis" / "points.jsonl").read_text().splitlines()]
     assert {r["n"] for r in records} == {100}
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert json.loads((out / "analysis" / "run.json").read_text())["status"] == "complete"
     # a second run trains nothing and evaluates nothing
-    lines = (out / "points.jsonl").read_text()
+    lines = (out / "analysis" / "points.jsonl").read_text()
+    history = (out / "history.jsonl").read_text()
     assert main(["quickstart", "--out", str(out), "--epochs", "1", "--max-examples", "100"]) == 0
-    assert (out / "points.jsonl").read_text() == lines
+    assert (out / "analysis" / "points.jsonl").read_text() == lines
+    assert (out / "history.jsonl").read_text() == history
 
 
 def fm_state(path):

@@ -17,5 +17,5 @@ from .barriers import report
 def quickstart_command(out: Path, epochs: int, max_examples: int, device: str) -> None:
     """Train two small CNNs on Fashion-MNIST from one initialization (different data order) and
     show their full-network, layer-wise and cumulative barriers."""
-    table = run_quickstart(out, epochs=epochs, max_examples=max_examples, device=device)
-    report(table, out, ["midpoint"], ["models"])
+    table, analysis = run_quickstart(out, epochs=epochs, max_examples=max_examples, device=device)
+    report(table, analysis, ["midpoint"], ["models"])

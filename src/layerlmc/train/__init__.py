@@ -1,6 +1,5 @@
 """Training the model pairs that barrier studies need."""
 
-from .loop import train_epochs
 from .runner import checkpoint_path, read_history, train_runs
 
-__all__ = ["checkpoint_path", "read_history", "train_epochs", "train_runs"]
+__all__ = ["checkpoint_path", "read_history", "train_runs"]
