@@ -1,0 +1,335 @@
+"""Barriers and distances over training (Figures 1 and 3 of the paper), drawn from records only.
+
+``plot_trajectory`` turns the rows of ``barriers.csv`` with several steps into heatmaps laid out
+like the paper's: x = step (epoch), y = ``full`` then the logic layers (or, for cumulative
+averaging, the growing prefixes ``+group``), one panel per base ("interpolated into a / b"), the
+barrier written in each cell. ``plot_distances`` draws the per-group distances logged alongside
+(PAPER.md §1.6). No model is ever needed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.colors
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+#: Colorbar labels; error is stored as a fraction and shown in percentage points.
+BAR_LABEL = {"loss": "barrier (loss)", "error": "barrier (error, pp)"}
+SCALE = {"loss": 1.0, "error": 100.0}
+METRICS = ("loss", "error")
+BASES = ("a", "b")
+CMAP = "RdBu_r"
+DPI = 150
+
+# Layout of the heatmaps, in inches.
+_ROW_H = 0.3
+_MIN_COL_W = 0.5
+_CHAR_W = 0.075  # one character of cell text at _CELL_FONT points, with some slack
+_CELL_FONT = 8
+_TITLE_CHAR_W = 0.09  # one character of the 11-point title
+
+
+def plot_trajectory(
+    barriers: pd.DataFrame,
+    distances: pd.DataFrame | None,
+    out: Path,
+    definition: str = "midpoint",
+    reference: str = "models",
+    *,
+    dpi: int = DPI,
+) -> list[Path]:
+    """Every trajectory figure the records support; returns the files written (PNG and PDF).
+
+    - ``layerwise_{split}_{metric}``: rows ``full`` + groups (input → output), columns = steps,
+      left panel base ``a``, right panel base ``b``.
+    - ``cumulative_{order}_{split}_{metric}``: rows = prefixes ``+group`` in prefix order, one
+      figure per order (``random:0`` is written ``random-0`` in the file name).
+    - ``distances`` (see :func:`plot_distances`) when ``distances`` has rows.
+
+    Only rows of the chosen barrier ``definition`` and ``reference`` are drawn; figures whose rows
+    are absent are skipped.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    chosen = _chosen(barriers, definition, reference)
+    if not chosen.empty:
+        unit = _unit(chosen)
+        splits = list(dict.fromkeys(chosen["split"]))
+        groups = chosen[chosen["kind"] == "group"]
+        full = chosen[chosen["kind"] == "full"]
+        cumulative = chosen[chosen["kind"] == "cumulative"]
+        for split in splits:
+            for metric in METRICS:
+                layer_rows = _select(groups, split, metric)
+                if layer_rows.empty:
+                    continue
+                table = {
+                    base: _layer_table(_select(full, split, metric),
+                                       layer_rows[layer_rows["base"] == base])
+                    for base in BASES
+                }
+                title = (f"{split} {metric}: layer-wise barriers "
+                         f"({definition}, reference {reference})")
+                files += _heatmaps(table, metric, unit, title,
+                                   out / f"layerwise_{_safe(split)}_{metric}", dpi)
+        orders = list(dict.fromkeys(cumulative["order"].dropna()))
+        for order in orders:
+            of_order = cumulative[cumulative["order"] == order]
+            for split in splits:
+                for metric in METRICS:
+                    rows = _select(of_order, split, metric)
+                    if rows.empty:
+                        continue
+                    table = {base: _prefix_table(rows, base) for base in BASES}
+                    title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
+                             f"({definition}, reference {reference})")
+                    name = f"cumulative_{_safe(order)}_{_safe(split)}_{metric}"
+                    files += _heatmaps(table, metric, unit, title, out / name, dpi)
+    if distances is not None and not distances.empty:
+        files += plot_distances(distances, out, dpi=dpi)
+    return files
+
+
+def plot_distances(distances: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Path]:
+    """``distances.png``/``.pdf``: 2×2 line plots over steps, one line per group (the whole
+    network, group ``full``, thick and black): L2 and cosine between ``a`` and ``b``, and L2 and
+    cosine of ``a`` (solid) and ``b`` (dashed) to their own step-0 checkpoints."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if distances is None or distances.empty:
+        return []
+    frame = distances.copy()
+    frame["_step"] = pd.to_numeric(frame["step"], errors="coerce")
+    order = frame.assign(_gi=pd.to_numeric(frame["group_index"], errors="coerce"))
+    order = order.assign(_full=order["group"] != "full")
+    order = order.sort_values(["_full", "_gi"], kind="stable")
+    names = list(dict.fromkeys(order["group"]))
+    layers = [n for n in names if n != "full"]
+    cmap = plt.get_cmap("viridis")
+    color = {n: cmap(i / max(1, len(layers) - 1)) for i, n in enumerate(layers)}
+    color["full"] = "black"
+
+    many = len(names) > 8
+    fig, axes = plt.subplots(2, 2, figsize=(12 if many else 10.5, 7.5), sharex=True,
+                             constrained_layout=True)
+    panels = [
+        (axes[0][0], "L2 distance between a and b", "L2 distance", [("l2_ab", "-")]),
+        (axes[0][1], "cosine similarity between a and b", "cosine similarity", [("cos_ab", "-")]),
+        (axes[1][0], "L2 distance to own initialisation (step 0)", "L2 distance",
+         [("l2_a_init", "-"), ("l2_b_init", "--")]),
+        (axes[1][1], "cosine similarity to own initialisation (step 0)", "cosine similarity",
+         [("cos_a_init", "-"), ("cos_b_init", "--")]),
+    ]
+    handles: dict[str, object] = {}
+    for ax, title, ylabel, columns in panels:
+        drawn = False
+        for name in names:
+            rows = frame[frame["group"] == name].sort_values("_step")
+            for column, style in columns:
+                if column not in rows or rows[column].isna().all():
+                    continue
+                (line,) = ax.plot(rows["_step"], rows[column].astype(float), linestyle=style,
+                                  color=color[name], linewidth=2.4 if name == "full" else 1.1,
+                                  marker="." if len(rows) < 30 else None,
+                                  zorder=3 if name == "full" else 2,
+                                  label="full network" if name == "full" else name)
+                handles.setdefault(name, line)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
+                    color="grey")
+        if drawn and len(columns) > 1:
+            ax.plot([], [], color="grey", linestyle="-", label="a")
+            ax.plot([], [], color="grey", linestyle="--", label="b")
+            ax.legend(handles=ax.get_lines()[-2:], labels=["model a", "model b"], fontsize=8,
+                      loc="best")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    unit = _unit(frame)
+    for ax in axes[1]:
+        ax.set_xlabel(unit)
+    labels = [n for n in names if n in handles]
+    shown = [handles[n] for n in labels]
+    text = ["full network" if n == "full" else n for n in labels]
+    if many:
+        fig.legend(shown, text, loc="outside right center", fontsize=7, title="group",
+                   ncol=1 if len(labels) <= 35 else 2)
+    elif shown:
+        axes[0][0].legend(shown, text, fontsize=8, title="group")
+    fig.suptitle("distances between the models and to their initialisation, per group")
+    return _save(fig, out / "distances", dpi)
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def _chosen(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
+    if barriers is None or barriers.empty:
+        return pd.DataFrame(columns=["step", "kind", "split", "metric"])
+    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    chosen = chosen.copy()
+    chosen["value"] = pd.to_numeric(chosen["value"], errors="coerce")
+    chosen["group_index"] = pd.to_numeric(chosen["group_index"], errors="coerce")
+    return chosen
+
+
+def _select(rows: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    return rows[(rows["split"] == split) & (rows["metric"] == metric)]
+
+
+def _layer_table(full: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``full`` then groups by ``group_index``; columns = steps."""
+    ordered = groups.sort_values("group_index", kind="stable")
+    both = pd.concat([full.assign(_row="full", _rank=-1.0),
+                      ordered.assign(_row=ordered["group"], _rank=ordered["group_index"])])
+    return _pivot(both)
+
+
+def _prefix_table(rows: pd.DataFrame, base: str) -> pd.DataFrame:
+    """Rows = prefixes ``+group`` in prefix order; columns = steps."""
+    mine = rows[rows["base"] == base]
+    return _pivot(mine.assign(_row="+" + mine["group"].astype(str), _rank=mine["group_index"]))
+
+
+def _pivot(rows: pd.DataFrame) -> pd.DataFrame:
+    rows = rows.assign(_col=rows["step"].map(_step_label))
+    rows = rows.drop_duplicates(["_row", "_col"], keep="last")
+    ranks = rows.groupby("_row", sort=False)["_rank"].min().sort_values(kind="stable")
+    cols = sorted(set(rows["_col"]), key=_step_key)
+    return rows.pivot(index="_row", columns="_col", values="value").reindex(
+        index=list(ranks.index), columns=cols)
+
+
+def _step_label(step) -> str:
+    try:
+        number = float(step)
+    except (TypeError, ValueError):
+        return "–" if step is None else str(step)
+    if math.isnan(number):
+        return "–"
+    return str(int(number)) if number.is_integer() else f"{number:g}"
+
+
+def _step_key(label: str) -> tuple:
+    try:
+        return (1, float(label))
+    except ValueError:
+        return (0, 0.0)
+
+
+def _unit(frame: pd.DataFrame) -> str:
+    if "unit" not in frame:
+        return "step"
+    units = frame["unit"].dropna()
+    return str(units.mode().iloc[0]) if not units.empty else "step"
+
+
+def _safe(name: str) -> str:
+    """A file-name fragment: ``random:0`` → ``random-0``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(name)).strip("-") or "none"
+
+
+# -- drawing ----------------------------------------------------------------------------------
+
+
+def _merge(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Both panels on the same rows and columns (the union, in first-seen order)."""
+    rows: list = []
+    cols: set = set()
+    for base in BASES:
+        rows += [r for r in tables[base].index if r not in rows]
+        cols |= set(tables[base].columns)
+    columns = sorted(cols, key=_step_key)
+    return {base: tables[base].reindex(index=rows, columns=columns) for base in BASES}
+
+
+def _decimals(values: np.ndarray) -> int:
+    """1 decimal as in the paper; more when every value is below 0.1 in size (else all "0.0")."""
+    finite = np.abs(values[np.isfinite(values)])
+    top = finite.max() if finite.size else 0.0
+    if top == 0.0 or top >= 0.1:
+        return 1
+    return int(min(4, max(2, -math.floor(math.log10(top)))))
+
+
+def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: str, stem: Path,
+              dpi: int) -> list[Path]:
+    tables = _merge(tables)
+    rows, cols = list(tables["a"].index), list(tables["a"].columns)
+    scale = SCALE[metric]
+    grids = {base: scale * tables[base].to_numpy(dtype=float) for base in BASES}
+    every = np.concatenate([g.ravel() for g in grids.values()])
+    decimals = _decimals(every)
+    finite = every[np.isfinite(every)]
+    limit = float(np.abs(finite).max()) if finite.size else 1.0
+    limit = limit if limit > 0 else 1.0
+    norm = matplotlib.colors.Normalize(vmin=-limit, vmax=limit)  # symmetric: white = 0
+    cmap = plt.get_cmap(CMAP).with_extremes(bad="lightgrey")
+
+    texts = [f"{v:.{decimals}f}" for v in finite] or ["nan"]
+    chars = max(len(t) for t in texts + ["nan"])
+    col_w = max(_MIN_COL_W, _CHAR_W * chars + 0.12)
+    label_w = 0.075 * max(len(str(r)) for r in rows) + 0.4
+    panel_w = col_w * len(cols)
+    width = label_w + 2 * panel_w + 1.6
+    if _TITLE_CHAR_W * len(title) > width and " (" in title:  # narrow figure: title on two lines
+        head, _, tail = title.partition(" (")
+        title = f"{head}\n({tail}"
+    width = min(60.0, max(width, _TITLE_CHAR_W * max(map(len, title.split("\n"))) + 0.4))
+    height = min(60.0, _ROW_H * len(rows) + 1.8)
+    fig, axes = plt.subplots(1, 2, figsize=(width, height), sharey=True, constrained_layout=True)
+    image = None
+    for ax, base in zip(axes, BASES):
+        grid = grids[base]
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto",
+                          interpolation="nearest")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                value = grid[i, j]
+                if np.isfinite(value):
+                    dark = abs(norm(value) - 0.5) > 0.3
+                    label, colour = f"{value:.{decimals}f}", "white" if dark else "black"
+                else:
+                    label, colour = "nan", "dimgrey"
+                # cell texts stay inside their cells: keep them out of the layout engine
+                ax.text(j, i, label, ha="center", va="center", fontsize=_CELL_FONT,
+                        color=colour).set_in_layout(False)
+        ax.set_xticks(range(len(cols)), cols, fontsize=9)
+        ax.set_yticks(range(len(rows)), rows, fontsize=9)
+        ax.tick_params(length=0)
+        if base == "b":
+            ax.tick_params(labelleft=False)
+        ax.set_xlabel(unit)
+        ax.set_title(f"interpolated into {base}")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    colorbar = fig.colorbar(image, ax=list(axes), fraction=0.05, pad=0.02,
+                            shrink=1.0 if len(rows) > 6 else 0.9)
+    colorbar.set_label(BAR_LABEL[metric])
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, stem, dpi)
+
+
+def _save(fig, stem: Path, dpi: int) -> list[Path]:
+    """``stem.png`` and ``stem.pdf``, each written to a temporary name and then moved in place."""
+    written = []
+    try:
+        for suffix in (".png", ".pdf"):
+            path = stem.with_name(stem.name + suffix)
+            tmp = stem.with_name(stem.name + ".tmp" + suffix)
+            fig.savefig(tmp, dpi=dpi)
+            tmp.replace(path)
+            written.append(path)
+    finally:
+        plt.close(fig)
+    return written
