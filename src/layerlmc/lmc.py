@@ -17,7 +17,7 @@ from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
-from .results import RunDir, point_key
+from .results import RunDir, point_key, short_hash
 
 log = logging.getLogger("layerlmc")
 
@@ -240,7 +240,7 @@ def barriers(
         # what every stored number depends on; other options only add or drop points
         inputs = {
             "checkpoint a": _digest(state_a), "checkpoint b": _digest(state_b),
-            "model": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+            "model": short_hash(repr(model)),
             "data": _data_digest(data),
             "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
             "grouping": f"{groups} {list(patterns)}" if patterns else groups,

@@ -182,12 +182,9 @@ class RunDir:
             raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
 
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+def short_hash(text: str) -> str:
+    """A 16-hex-digit digest, for recording what a run's numbers depend on (e.g. a model's repr)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _now() -> str:

@@ -17,7 +17,7 @@ from ..errors import LayerLMCError
 from ..evaluate import Evaluator, prepare_splits, resolve_device
 from ..layers import LayerGroup, layer_groups, tied_keys
 from ..lmc import as_list, evaluate_paths, plan_paths
-from ..results import RunDir
+from ..results import RunDir, short_hash
 
 log = logging.getLogger("layerlmc")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -150,7 +150,7 @@ def trajectory(
     run = RunDir(out)
     inputs = {
         "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}",
-        "model": repr(model), "data": _describe_data(prepared),
+        "model": short_hash(repr(model)), "data": _describe_data(prepared),
         "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
     }
