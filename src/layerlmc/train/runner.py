@@ -146,6 +146,7 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
     iters = -(-len(train) // config.batch_size)
     if start not in done:
         _log_epoch(folder, role, start, evaluator, model, lr=None, seconds=0.0)
+    initial = next(r for r in read_history(folder) if r["role"] == role and r["epoch"] == 0)
     bar = tqdm(range(start + 1, epochs + 1), desc=f"run {role}", unit="epoch", disable=None if progress is None else not progress)
     for epoch in bar:
         began = time.perf_counter()
@@ -175,6 +176,11 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
         optimizer_path(folder, role, epoch - 1).unlink(missing_ok=True)
         record = _log_epoch(folder, role, epoch, evaluator, model, lr, time.perf_counter() - began)
         bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}")
+        if epoch >= 2 and record["train_accuracy"] <= initial["train_accuracy"] + 0.01:
+            # a run that never leaves its initial accuracy (a dead network) makes every barrier meaningless
+            log.warning("run %s has not learned after %d epochs (train accuracy %.3f, at init %.3f); "
+                        "lower optimizer.lr or add a warmup", role, epoch, record["train_accuracy"],
+                        initial["train_accuracy"])
         log.info("run %s epoch %d/%d: train loss %.4f, test loss %.4f, test accuracy %.4f (%.0f s)",
                  role, epoch, epochs, record["train_loss"], record["test_loss"], record["test_accuracy"],
                  record["seconds"])
