@@ -134,3 +134,34 @@ def test_resume_with_another_config_is_refused(tiny_fmnist, tmp_path, capsys):
     _fails(capsys, ["train", str(config_file), *TINY, "optimizer.lr=0.2", "epochs=3", "--out", out],
            "was trained with another config", "epochs", "optimizer.lr")
     _fails(capsys, ["train", str(config_file), "optimzer.lr=0.1"], "did you mean 'optimizer'")
+
+
+def test_torn_history_line_is_repaired_on_resume(tiny_fmnist, tmp_path):
+    config = load_config(TrainConfig, None, [*TINY, "runs=1"])
+    folder = train_runs(config, tmp_path / "run", progress=False)
+    history = folder / "history.jsonl"
+    lines = history.read_text().splitlines()
+    # a kill while writing epoch 2's record, and before the optimizer file of epoch 2 was kept
+    history.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
+    (folder / "checkpoints" / "a" / "epoch_0002.safetensors").unlink()
+    train_runs(config, folder, progress=False)
+    assert [r["epoch"] for r in read_history(folder)] == [0, 1, 2]
+    assert all(json.loads(line) for line in history.read_text().splitlines())
+
+
+def test_a_failed_start_does_not_block_the_corrected_config(tiny_fmnist, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\n")
+    _fails(capsys, ["train", str(config), *TINY, "runs=3", "order_seeds=[1, 2]", "--out", out], "order_seeds has 2 seeds")
+    assert main(["train", str(config), *TINY, "runs=1", "--out", out]) == 0
+    # the device does not change the weights: the same folder resumes under another device name
+    assert main(["train", str(config), *TINY, "runs=1", "device=cpu", "--out", out]) == 0
+
+
+def test_schedule_edges():
+    multistep = ScheduleConfig(name="multistep", milestones=[0.5, 1.0])
+    assert learning_rate(multistep, 0.1, 499, 10, 100) == pytest.approx(0.1)
+    assert learning_rate(multistep, 0.1, 500, 10, 100) == pytest.approx(0.01)
+    onecycle = ScheduleConfig(name="onecycle", div_factor=25, final_div_factor=1e4)
+    assert learning_rate(onecycle, 0.1, 39, 1, 40) == pytest.approx(0.1 / 25 / 1e4)

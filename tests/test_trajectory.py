@@ -127,3 +127,24 @@ def test_step_selection_and_distances():
     assert full["group"] == "full" and full["cos_ab"] == pytest.approx(1.0)
     assert full["l2_ab"] == pytest.approx(float(flat.norm()))
     assert full["l2_a_init"] == 0.0 and full["l2_b_init"] == pytest.approx(float(flat.norm()))
+
+
+def test_changed_inputs_are_refused_and_plot_is_read_only(trained, tmp_path, capsys):
+    import shutil
+
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(trained / "checkpoints" / "a", a_dir)
+    shutil.copytree(trained / "checkpoints" / "b", b_dir)
+    out = tmp_path / "t"
+    common = ["--b", str(b_dir), "--model", "cnn", "--model-arg", "width=4", "--model-arg", "hidden=8",
+              "--data", "fashion-mnist", "--max-examples", "30", "--no-plots", "--out", str(out)]
+    assert main(["trajectory", str(a_dir), *common]) == 0
+    capsys.readouterr()
+    _fails(capsys, ["trajectory", str(a_dir), *common, "--data-arg", "normalize=false"], "another data")
+    shutil.copy(a_dir / "epoch_0003.safetensors", b_dir / "epoch_0003.safetensors")
+    _fails(capsys, ["trajectory", str(a_dir), *common], "checkpoints of epoch 3 changed")
+    points = out / "points.jsonl"
+    points.write_text(points.read_text() + '{"torn": ')
+    before = points.read_text()
+    assert main(["plot", str(out)]) == 0
+    assert points.read_text() == before

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import LayerLMCError, did_you_mean
 
@@ -53,7 +53,8 @@ class ScheduleConfig(Strict):
     ``constant``; ``cosine`` (per epoch to ``min_lr``, T_max = epochs); ``warmup-cosine``
     (linear warmup per iteration from ``warmup_start_lr`` over ``warmup_iters`` into the cosine,
     the paper's no-norm ResNet); ``step`` (×``gamma`` every ``step_size`` epochs);
-    ``multistep`` (×``gamma`` at each milestone: epochs, or fractions of the run when all < 1);
+    ``multistep`` (×``gamma`` at each milestone: epochs, or fractions of the run when all are
+    at most 1 and one is not whole, e.g. [0.5, 0.75]);
     ``onecycle`` (per iteration: up from lr/``div_factor`` for ``pct_start`` of the run, then
     cosine down to lr/(``div_factor``·``final_div_factor``)).
     """
@@ -80,7 +81,7 @@ class AugmentConfig(Strict):
 class TrainConfig(Strict):
     """N runs (a pair by default) of one model on one dataset, a checkpoint every epoch."""
 
-    name: str = "pair"
+    name: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)] = "pair"
     out: str | None = Field(None, description="run folder; default runs/<name>")
     runs: int = Field(2, ge=1, le=26)
     init: Literal["same", "different"] = "same"

@@ -239,9 +239,9 @@ def barriers(
         run = RunDir(out)
         # what every stored number depends on; other options only add or drop points
         inputs = {
-            "checkpoint a": _digest(state_a), "checkpoint b": _digest(state_b),
+            "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
             "model": short_hash(repr(model)),
-            "data": _data_digest(data),
+            "data": data_digest(data),
             "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
             "grouping": f"{groups} {list(patterns)}" if patterns else groups,
         }
@@ -275,7 +275,8 @@ def barriers(
     return table
 
 
-def _digest(state: StateDict) -> str:
+def state_digest(state: StateDict) -> str:
+    """A digest of a state dict's names, dtypes, shapes and values."""
     digest = hashlib.sha256()
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
@@ -284,7 +285,8 @@ def _digest(state: StateDict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _data_digest(data: Mapping[str, object]) -> str:
+def data_digest(data: Mapping[str, object]) -> str:
+    """A digest of the splits' tensors (a Dataset split by its type and length only)."""
     digest = hashlib.sha256()
     for name in sorted(data):
         split = data[name]

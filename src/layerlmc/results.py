@@ -109,6 +109,11 @@ class RunDir:
         run.update(status=status, ended=_now())
         self.write_run(run)
 
+    def update_run(self, **fields) -> None:
+        run = self.read_run() or {}
+        run.update(fields)
+        self.write_run(run)
+
     def read_run(self) -> dict | None:
         path = self.path / "run.json"
         if not path.exists():
@@ -156,16 +161,7 @@ class RunDir:
         return records
 
     def append_points(self, records: Iterable[Mapping]) -> None:
-        lines = "".join(json.dumps({f: r.get(f) for f in POINT_FIELDS}) + "\n" for r in records)
-        if not lines:
-            return
-        try:
-            with open(self.points_file, "a", encoding="utf-8") as handle:
-                handle.write(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as err:
-            raise LayerLMCError(f"cannot write {self.points_file}: {err.strerror}") from None
+        append_jsonl(self.points_file, ({f: r.get(f) for f in POINT_FIELDS} for r in records))
 
     # -- barriers.csv ---------------------------------------------------------------------
     def write_barriers(self, table: pd.DataFrame) -> Path:
@@ -180,6 +176,26 @@ class RunDir:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
+
+
+def append_jsonl(path: Path, records: Iterable[Mapping]) -> None:
+    """Append whole lines and fsync; a torn last line (a killed writer) is dropped first, so a
+    new record never glues onto half of an old one."""
+    lines = "".join(json.dumps(dict(r)) + "\n" for r in records)
+    if not lines:
+        return
+    try:
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb+") as handle:
+                data = handle.read()
+                if not data.endswith(b"\n"):
+                    handle.truncate(data.rfind(b"\n") + 1)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
 
 
 def short_hash(text: str) -> str:

@@ -16,7 +16,7 @@ from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, prepare_splits, resolve_device
 from ..layers import LayerGroup, layer_groups, tied_keys
-from ..lmc import as_list, evaluate_paths, plan_paths
+from ..lmc import as_list, data_digest, evaluate_paths, plan_paths, state_digest
 from ..results import RunDir, short_hash
 
 log = logging.getLogger("layerlmc")
@@ -136,6 +136,7 @@ def trajectory(
     ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
     Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
+    previous = RunDir(out).read_run() if Path(out).is_dir() else None
     expected = model.state_dict()
     target = resolve_device(device)
     prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
@@ -150,7 +151,7 @@ def trajectory(
     run = RunDir(out)
     inputs = {
         "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}",
-        "model": short_hash(repr(model)), "data": _describe_data(prepared),
+        "model": short_hash(repr(model)), "data": data_digest(data), "unit": unit,
         "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
     }
@@ -159,6 +160,10 @@ def trajectory(
         "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
     }
     run.claim(inputs, settings, str(target))
+    # what each step's records were computed from: a checkpoint replaced later must not be
+    # mixed with records of its predecessor
+    step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
+    run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
     group_list = [g for g in layer_groups(a_init, groups, patterns, tied=tied_keys(model))]
     paths = plan_paths(
         a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
@@ -171,6 +176,13 @@ def trajectory(
             a = a_init if step == init_step else _load(a_checkpoints[step], expected)
             b = b_init if step == init_step else _load(b_checkpoints[step], expected)
             check_pair(a, b, expected)
+            digests = [state_digest(a), state_digest(b)]
+            if step_digests.get(step, digests) != digests:
+                raise LayerLMCError(
+                    f"the checkpoints of {unit} {step} changed since {out} analysed them; choose another --out"
+                )
+            step_digests[step] = digests
+            run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
             log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
             records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit, progress=progress)
             distances += [{"step": step, "unit": unit, **row} for row in layer_distances(a, b, a_init, b_init, group_list)]
@@ -213,7 +225,3 @@ def _short(values: Sequence[int]) -> str:
 def _common_folder(checkpoints: Mapping[int, str | Path]) -> str:
     parents = {str(Path(p).resolve().parent) for p in checkpoints.values()}
     return parents.pop() if len(parents) == 1 else ", ".join(sorted(parents))
-
-
-def _describe_data(prepared) -> str:
-    return "; ".join(f"{name} {tuple(s.inputs.shape)} labels-sum {int(s.labels.sum())}" for name, s in prepared.items())

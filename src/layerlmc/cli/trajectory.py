@@ -49,6 +49,8 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
     """
     folder = Path(source)
     if is_training_run(folder):
+        if source_b is not None:
+            raise LayerLMCError(f"{source} is a training run; choose its runs with --pair, not --b")
         trained = yaml.safe_load((folder / "config.yaml").read_text()) or {}
         roles = split_list((pair,))
         if len(roles) != 2:
@@ -124,7 +126,7 @@ def plot_command(folder: Path, definition: str, reference: str) -> None:
     if run.barriers_file.is_file():
         table = pd.read_csv(run.barriers_file)
     else:
-        table = compute_barriers(pd.DataFrame(run.read_points()), (definition,), (reference,))
+        table = compute_barriers(pd.DataFrame(run.read_points(repair=False)), (definition,), (reference,))
     distances_file = records / "distances.csv"
     distances = pd.read_csv(distances_file) if distances_file.is_file() else None
     files = plot_trajectory(table, distances, run.figures, definition, reference)

@@ -122,6 +122,13 @@ def load_idx_split(
             f"{title} has classes 0..{classes - 1}"
         )
     x = images.float().div_(255.0).unsqueeze(1)
+    # MNIST and Fashion-MNIST share file names; their pixel means (0.13, 0.29) tell them apart
+    if x.shape[0] >= 10000 and abs(float(x.mean()) - mean) > 0.05:
+        raise LayerLMCError(
+            f"{images_path} does not look like {title}: its mean pixel is {float(x.mean()):.3f}, "
+            f"{title}'s is {mean:.3f} (MNIST and Fashion-MNIST files have the same names; keep each "
+            "in its own folder)"
+        )
     if normalize:
         x = x.sub_(mean).div_(std)
     return x, labels

@@ -20,7 +20,9 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     out = images
     if config.crop_padding:
         pad = config.crop_padding
-        padded = F.pad(images, (pad, pad, pad, pad))
+        # torchvision pads black before normalising; after it, black is each channel's lowest value
+        black = images.amin(dim=(0, 2, 3), keepdim=True)
+        padded = F.pad(images - black, (pad, pad, pad, pad)) + black
         dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
         dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
         rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]

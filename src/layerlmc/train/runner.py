@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ..checkpoints import load_state_dict, save_state_dict
 from ..config import TrainConfig, differences, to_dict
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, prepare_splits, resolve_device
-from ..results import RunDir
+from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
 from .augment import augment
 from .schedules import learning_rate
@@ -82,16 +81,26 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
     return folder
 
 
+#: Config fields that do not change the weights a run produces.
+NOT_WEIGHTS = ("out", "device", "eval_batch_size")
+
+
 def _claim(run: RunDir, resolved: dict) -> None:
     config_file = run.path / "config.yaml"
     if config_file.exists():
         old = yaml.safe_load(config_file.read_text()) or {}
-        changed = [key for key in differences(old, resolved) if key != "out"]
-        if changed:
+        changed = [key for key in differences(old, resolved) if key not in NOT_WEIGHTS]
+        trained = any(p.stem != "epoch_0000" for p in run.path.glob("checkpoints/*/epoch_*.safetensors"))
+        if changed and trained:
             raise LayerLMCError(
                 f"{run.path} was trained with another config ({', '.join(changed[:6])} differ); "
                 "resume it with the same config or train into another folder"
             )
+        if changed:
+            # nothing was trained yet (a failed or diverged start): begin again with the new config
+            log.info("%s: nothing trained yet; starting over with the new config", run.path)
+            for stale in [*run.path.glob("checkpoints/*/*"), run.path / "history.jsonl"]:
+                stale.unlink(missing_ok=True)
     run.config = resolved
     run.write_config()
     previous = run.read_run() or {}
@@ -145,8 +154,10 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
     done = {r["epoch"] for r in read_history(folder) if r["role"] == role}
     iters = -(-len(train) // config.batch_size)
     if start not in done:
-        _log_epoch(folder, role, start, evaluator, model, lr=None, seconds=0.0)
-    initial = next(r for r in read_history(folder) if r["role"] == role and r["epoch"] == 0)
+        # an epoch whose record was lost in a kill is evaluated again (its duration is unknown)
+        lr = learning_rate(config.schedule, config.optimizer.lr, start * iters - 1, epochs, iters) if start else None
+        _log_epoch(folder, role, start, evaluator, model, lr=lr, seconds=None)
+    initial = next((r for r in read_history(folder) if r["role"] == role and r["epoch"] == 0), None)
     bar = tqdm(range(start + 1, epochs + 1), desc=f"run {role}", unit="epoch", disable=None if progress is None else not progress)
     for epoch in bar:
         began = time.perf_counter()
@@ -176,14 +187,14 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
         optimizer_path(folder, role, epoch - 1).unlink(missing_ok=True)
         record = _log_epoch(folder, role, epoch, evaluator, model, lr, time.perf_counter() - began)
         bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}")
-        if epoch >= 2 and record["train_accuracy"] <= initial["train_accuracy"] + 0.01:
+        if initial and epoch >= 2 and record["train_accuracy"] <= initial["train_accuracy"] + 0.01:
             # a run that never leaves its initial accuracy (a dead network) makes every barrier meaningless
             log.warning("run %s has not learned after %d epochs (train accuracy %.3f, at init %.3f); "
                         "lower optimizer.lr or add a warmup", role, epoch, record["train_accuracy"],
                         initial["train_accuracy"])
         log.info("run %s epoch %d/%d: train loss %.4f, test loss %.4f, test accuracy %.4f (%.0f s)",
                  role, epoch, epochs, record["train_loss"], record["test_loss"], record["test_accuracy"],
-                 record["seconds"])
+                 record["seconds"] or 0.0)
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -210,13 +221,9 @@ def _log_epoch(folder, role, epoch, evaluator, model, lr, seconds) -> dict:
         "role": role, "epoch": epoch, "lr": lr,
         "train_loss": train_metrics.loss, "train_accuracy": train_metrics.accuracy,
         "test_loss": test_metrics.loss, "test_accuracy": test_metrics.accuracy,
-        "seconds": round(seconds, 3),
+        "seconds": None if seconds is None else round(seconds, 3),
     }
-    path = Path(folder) / "history.jsonl"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(Path(folder) / "history.jsonl", [record])
     return record
 
 

@@ -25,7 +25,8 @@ def learning_rate(schedule: ScheduleConfig, base_lr: float, iteration: int, epoc
         return base_lr * schedule.gamma ** (epoch // schedule.step_size)
     if name == "multistep":
         milestones = schedule.milestones
-        if milestones and all(m < 1 for m in milestones):
+        # fractions of the run ([0.5, 0.75], [0.5, 1.0]) unless every milestone is a whole epoch
+        if milestones and all(m <= 1 for m in milestones) and any(m != int(m) for m in milestones):
             milestones = [round(m * epochs) for m in milestones]
         return base_lr * schedule.gamma ** sum(epoch >= m for m in milestones)
     if name == "onecycle":
@@ -34,7 +35,7 @@ def learning_rate(schedule: ScheduleConfig, base_lr: float, iteration: int, epoc
         peak_at = max(1, int(schedule.pct_start * total))
         if iteration < peak_at:
             return _cosine(start, base_lr, iteration / peak_at)
-        return _cosine(base_lr, end, min(1.0, (iteration - peak_at) / max(1, total - peak_at)))
+        return _cosine(base_lr, end, min(1.0, (iteration - peak_at) / max(1, total - 1 - peak_at)))
     raise ValueError(f"unknown schedule {name}")
 
 
