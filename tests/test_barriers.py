@@ -72,3 +72,17 @@ def test_bad_choices_are_named():
         compute_barriers(_points(), ("midpont",))
     with pytest.raises(LayerLMCError, match="unknown barrier reference"):
         compute_barriers(_points(), ("max",), ("model-ish",))
+
+
+def test_identical_endpoints_are_evaluated_once(monkeypatch):
+    from layerlmc.evaluate.plain import Evaluator
+
+    calls = []
+    original = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self, *a: calls.append(a) or original(self, *a))
+    torch.manual_seed(0)
+    model = mlp(in_features=5, hidden=[7, 6], num_classes=4)
+    data = {"test": (torch.randn(9, 5), torch.randint(0, 4, (9,)))}
+    state = model.state_dict()
+    run_barriers(model, state, dict(state), data, cumulative=("shallow",), progress=False)
+    assert len(calls) == 1  # every point of every path is the shared network

@@ -114,6 +114,8 @@ def evaluate_paths(
     a = {k: v.to(evaluator.device) for k, v in a.items()}
     b = {k: v.to(evaluator.device) for k, v in b.items()}
     float_keys = [k for k, v in a.items() if v.is_floating_point()]
+    # a key equal in a and b is the same in every point (all of them at a shared initialization)
+    same = [torch.equal(a[k], b[k]) for k in float_keys]
 
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
     known: dict[tuple, Metrics] = {}  # (b-weights, split) → metrics
@@ -121,7 +123,7 @@ def evaluate_paths(
     todo: list[tuple[Point, tuple, list[str]]] = []
     for path in [*endpoint_paths(), *paths]:
         for point in path.points():
-            weights = point.b_weights(float_keys)
+            weights = tuple(0.0 if equal else w for equal, w in zip(same, point.b_weights(float_keys)))
             missing = []
             for split in prepared:
                 record = _record(point, split, step, unit)
