@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -256,16 +257,8 @@ def barriers(
             "device": device, "seed": seed, "extrapolate": extrapolate,
         }
         run.claim(inputs, settings, str(target))
-    try:
+    with run.status_on_error() if run is not None else contextlib.nullcontext():
         records = evaluate_paths(evaluator, state_a, state_b, paths, run=run, progress=progress)
-    except KeyboardInterrupt:
-        if run is not None:
-            run.finish("interrupted")
-        raise
-    except BaseException:
-        if run is not None:
-            run.finish("failed")
-        raise
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     if run is not None:
         run.write_barriers(table)

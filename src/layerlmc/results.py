@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -108,6 +109,23 @@ class RunDir:
         run = self.read_run() or {}
         run.update(status=status, ended=_now())
         self.write_run(run)
+
+    @contextlib.contextmanager
+    def status_on_error(self):
+        """Mark run.json ``interrupted`` (Ctrl-C, a kill the process sees) or ``failed`` when the
+        body raises; records already appended stay, so a rerun continues from them."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.finish("interrupted")
+            raise
+        except BaseException:
+            self.finish("failed")
+            raise
+
+    def write_file(self, name: str, text: str) -> Path:
+        self._write_text(self.path / name, text)
+        return self.path / name
 
     def update_run(self, **fields) -> None:
         run = self.read_run() or {}

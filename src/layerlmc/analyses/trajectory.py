@@ -164,14 +164,14 @@ def trajectory(
     # mixed with records of its predecessor
     step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
     run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-    group_list = [g for g in layer_groups(a_init, groups, patterns, tied=tied_keys(model))]
+    group_list = layer_groups(a_init, groups, patterns, tied=tied_keys(model))
     paths = plan_paths(
         a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
         cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
         references=references, seed=seed,
     )
     records, distances = [], []
-    try:
+    with run.status_on_error():
         for number, step in enumerate(chosen, start=1):
             a = a_init if step == init_step else _load(a_checkpoints[step], expected)
             b = b_init if step == init_step else _load(b_checkpoints[step], expected)
@@ -186,16 +186,10 @@ def trajectory(
             log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
             records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit, progress=progress)
             distances += [{"step": step, "unit": unit, **row} for row in layer_distances(a, b, a_init, b_init, group_list)]
-    except KeyboardInterrupt:
-        run.finish("interrupted")
-        raise
-    except BaseException:
-        run.finish("failed")
-        raise
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
     run.write_barriers(table)
-    run._write_text(run.path / "distances.csv", distance_table.to_csv(index=False))
+    run.write_file("distances.csv", distance_table.to_csv(index=False))
     if plots:
         from ..plots_trajectory import plot_trajectory
 

@@ -66,17 +66,11 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
         **prepare_splits(data, [test_name], device=device),
     }
     seeds = config.seeds()
-    try:
+    with run.status_on_error():
         for index, (role, seed) in enumerate(zip(ROLES, seeds)):
             torch.manual_seed(config.init_seed if config.init == "same" else config.init_seed + index)
             model = build_model(config.model.name, config.model.args).to(device)
             _train_one(config, folder, role, seed, model, train, evaluation, progress)
-    except KeyboardInterrupt:
-        run.finish("interrupted")
-        raise
-    except BaseException:
-        run.finish("failed")
-        raise
     run.finish("complete")
     return folder
 
