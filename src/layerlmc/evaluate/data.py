@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import LayerLMCError
+from ..errors import LayerLMCError, unknown
 
 
 @dataclass
@@ -55,8 +55,6 @@ def prepare_splits(
     out = {}
     for name in names:
         if name not in data:
-            from ..errors import unknown
-
             raise unknown("split", name, data)
         inputs, labels = _as_tensors(name, data[name])
         if labels.shape[0] == 0:
