@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from .barriers import check_choices, compute_barriers, needed_alphas
 from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
-from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
@@ -181,6 +180,33 @@ def _record(point: Point, split: str, step, unit, metrics: Metrics | None = None
     return record
 
 
+def build_evaluator(
+    model: torch.nn.Module, data: Mapping[str, object], state: StateDict, splits: Sequence[str] | None,
+    max_examples: int | None, seed: int, batch_size: int, device: str,
+) -> Evaluator:
+    """Splits loaded once onto the device, and the labels checked against the model's outputs at
+    ``state`` before anything is written."""
+    target = resolve_device(device)
+    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
+    evaluator = Evaluator(model.to(target), prepared, batch_size)
+    evaluator.check({k: v.to(target) for k, v in state.items()})
+    return evaluator
+
+
+def analysis_inputs(
+    model: torch.nn.Module, data: Mapping[str, object], max_examples: int | None, seed: int,
+    groups: str, patterns: Sequence[str],
+) -> dict[str, str]:
+    """What every stored number depends on besides the checkpoints; other options only add or
+    drop points, so a run folder may be reused when these are equal."""
+    return {
+        "model": short_hash(repr(model)),
+        "data": data_digest(data),
+        "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
+        "grouping": f"{groups} {list(patterns)}" if patterns else groups,
+    }
+
+
 def barriers(
     model: torch.nn.Module,
     a: StateDict | str | FilePath,
@@ -231,23 +257,12 @@ def barriers(
         bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
         definitions=definitions, references=references, seed=seed, extrapolate=extrapolate,
     )
-    if max_examples is not None and max_examples < 1:
-        raise LayerLMCError(f"--max-examples must be positive, got {max_examples}")
-    target = resolve_device(device)
-    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
-    evaluator = Evaluator(model.to(target), prepared, batch_size)
-    evaluator.check({k: v.to(target) for k, v in state_a.items()})
+    evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device)
     run = None
     if out is not None:
         run = RunDir(out)
-        # what every stored number depends on; other options only add or drop points
-        inputs = {
-            "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-            "model": short_hash(repr(model)),
-            "data": data_digest(data),
-            "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
-            "grouping": f"{groups} {list(patterns)}" if patterns else groups,
-        }
+        inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
+                  **analysis_inputs(model, data, max_examples, seed, groups, patterns)}
         settings = dict(config) if config is not None else {
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
@@ -256,7 +271,7 @@ def barriers(
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
             "device": device, "seed": seed, "extrapolate": extrapolate,
         }
-        run.claim(inputs, settings, str(target))
+        run.claim(inputs, settings, str(evaluator.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():
         records = evaluate_paths(evaluator, state_a, state_b, paths, run=run, progress=progress)
     table = compute_barriers(pd.DataFrame(records), definitions, references)

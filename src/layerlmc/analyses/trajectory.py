@@ -14,10 +14,9 @@ import torch
 from ..barriers import compute_barriers
 from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..errors import LayerLMCError
-from ..evaluate import Evaluator, prepare_splits, resolve_device
 from ..layers import LayerGroup, layer_groups, tied_keys
-from ..lmc import as_list, data_digest, evaluate_paths, plan_paths, state_digest
-from ..results import RunDir, short_hash
+from ..lmc import analysis_inputs, as_list, build_evaluator, evaluate_paths, plan_paths, state_digest
+from ..results import RunDir
 
 log = logging.getLogger("layerlmc")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -136,30 +135,25 @@ def trajectory(
     ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
     Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
-    previous = RunDir(out).read_run() if Path(out).is_dir() else None
     expected = model.state_dict()
-    target = resolve_device(device)
-    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
-    evaluator = Evaluator(model.to(target), prepared, batch_size)
     init_step = min(set(a_checkpoints) & set(b_checkpoints))
     a_init = _load(a_checkpoints[init_step], expected)
     b_init = _load(b_checkpoints[init_step], expected)
     check_pair(a_init, b_init, expected)
-    evaluator.check({k: v.to(target) for k, v in a_init.items()})
+    evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
     run = RunDir(out)
+    previous = run.read_run()
     inputs = {
-        "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}",
-        "model": short_hash(repr(model)), "data": data_digest(data), "unit": unit,
-        "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
-        "grouping": f"{groups} {list(patterns)}" if patterns else groups,
+        "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
+        **analysis_inputs(model, data, max_examples, seed, groups, patterns),
     }
     settings = dict(config) if config is not None else {
         "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
         "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
     }
-    run.claim(inputs, settings, str(target))
+    run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from: a checkpoint replaced later must not be
     # mixed with records of its predecessor
     step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}

@@ -51,6 +51,8 @@ def prepare_splits(
         raise LayerLMCError(
             "the data must be a non-empty dict of splits, e.g. {'train': (x, y), 'test': (x, y)}"
         )
+    if max_examples is not None and max_examples < 1:
+        raise LayerLMCError(f"--max-examples must be positive, got {max_examples}")
     names = list(splits) if splits else list(data)
     out = {}
     for name in names:
