@@ -17,7 +17,7 @@ from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
-from .results import RunDir, point_key, short_hash
+from .results import SCHEMA, RunDir, point_key, short_hash
 
 log = logging.getLogger("layerlmc")
 
@@ -171,9 +171,9 @@ def _no_bar(progress: bool | None, work: int) -> bool | None:
 def _record(point: Point, split: str, step, unit, metrics: Metrics | None = None) -> dict:
     path = point.path
     record = {
-        "schema": 1, "step": step, "unit": unit, "kind": path.kind, "group": path.group,
+        "schema": SCHEMA, "step": step, "unit": unit, "kind": path.kind, "group": path.group,
         "group_index": path.group_index, "base": path.base, "order": path.order,
-        "alpha": point.alpha, "sample": None, "split": split,
+        "alpha": point.alpha, "direction": None, "sigma": None, "sample": None, "split": split,
     }
     if metrics is not None:
         record.update(loss=metrics.loss, accuracy=metrics.accuracy, n=metrics.n)

@@ -21,13 +21,16 @@ from .errors import LayerLMCError
 
 log = logging.getLogger("layerlmc")
 
-SCHEMA = 1
+SCHEMA = 2
 POINT_FIELDS = (
     "schema", "step", "unit", "kind", "group", "group_index", "base", "order",
-    "alpha", "sample", "split", "loss", "accuracy", "n",
+    "alpha", "direction", "sigma", "sample", "split", "loss", "accuracy", "n",
 )
 #: What identifies a point record; a rerun skips every point whose key is already stored.
-POINT_KEY = ("step", "unit", "kind", "group", "group_index", "base", "order", "alpha", "sample", "split")
+POINT_KEY = (
+    "step", "unit", "kind", "group", "group_index", "base", "order", "alpha", "direction", "sigma",
+    "sample", "split",
+)
 BARRIER_COLUMNS = (
     "step", "unit", "kind", "group", "group_index", "base", "order", "split",
     "metric", "definition", "reference", "value",
