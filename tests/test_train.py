@@ -165,3 +165,28 @@ def test_schedule_edges():
     assert learning_rate(multistep, 0.1, 500, 10, 100) == pytest.approx(0.01)
     onecycle = ScheduleConfig(name="onecycle", div_factor=25, final_div_factor=1e4)
     assert learning_rate(onecycle, 0.1, 39, 1, 40) == pytest.approx(0.1 / 25 / 1e4)
+
+
+def test_run_splits_train_each_run_on_its_own_split(tmp_path):
+    data_file = tmp_path / "halves.py"
+    data_file.write_text(
+        "import torch\n"
+        "def make(n=24):\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x, y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)\n"
+        "    return {'half_a': (x[:12], y[:12]), 'half_b': (x[12:], y[12:]), 'test': (x, y)}\n"
+    )
+    base = {"epochs": 1, "batch_size": 4, "device": "cpu",
+            "model": {"name": "mlp", "args": {"in_features": 4, "hidden": [5], "num_classes": 3}},
+            "data": {"name": f"{data_file}:make", "train_split": "half_a"}}
+    split_runs = train_runs(load_config(TrainConfig, {**base, "data": {**base["data"], "run_splits": ["half_a", "half_b"]}}),
+                            tmp_path / "split", progress=False)
+    same_runs = train_runs(load_config(TrainConfig, base), tmp_path / "same", progress=False)
+    def final(folder, role):
+        return load_state_dict(folder / "checkpoints" / role / "epoch_0001.safetensors")
+
+    assert torch.equal(final(split_runs, "a")["head.weight"], final(same_runs, "a")["head.weight"])
+    assert not torch.equal(final(split_runs, "b")["head.weight"], final(same_runs, "b")["head.weight"])
+    with pytest.raises(LayerLMCError, match="run_splits has 1 splits for 2 runs"):
+        train_runs(load_config(TrainConfig, {**base, "data": {**base["data"], "run_splits": ["half_a"]}}),
+                   tmp_path / "bad", progress=False)

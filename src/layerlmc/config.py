@@ -36,6 +36,8 @@ class DataSpec(Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     train_split: str = "train"
     test_split: str = "test"
+    run_splits: list[str] | None = Field(
+        None, description="the train split of each run, e.g. two halves of the data; default train_split for all")
 
 
 class OptimizerConfig(Strict):
@@ -103,6 +105,12 @@ class TrainConfig(Strict):
         if len(seeds) != self.runs:
             raise LayerLMCError(f"order_seeds has {len(seeds)} seeds for {self.runs} runs")
         return seeds
+
+    def train_splits(self) -> list[str]:
+        splits = self.data.run_splits or [self.data.train_split] * self.runs
+        if len(splits) != self.runs:
+            raise LayerLMCError(f"data.run_splits has {len(splits)} splits for {self.runs} runs")
+        return splits
 
 
 def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> C:

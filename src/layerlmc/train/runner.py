@@ -59,15 +59,16 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
     _claim(run, resolved)
     device = resolve_device(config.device)
     data = build_data(config.data.name, config.data.args)
-    train_name, test_name = config.data.train_split, config.data.test_split
-    train = prepare_splits(data, [train_name], device=device)[train_name]
-    evaluation = {
-        **prepare_splits(data, [train_name], max_examples=config.eval_max_examples, seed=0, device=device),
-        **prepare_splits(data, [test_name], device=device),
-    }
-    seeds = config.seeds()
+    test_name = config.data.test_split
+    seeds, train_names = config.seeds(), config.train_splits()
+    test = prepare_splits(data, [test_name], device=device)
     with run.status_on_error():
-        for index, (role, seed) in enumerate(zip(ROLES, seeds)):
+        for index, (role, seed, train_name) in enumerate(zip(ROLES, seeds, train_names)):
+            train = prepare_splits(data, [train_name], device=device)[train_name]
+            evaluation = {
+                **prepare_splits(data, [train_name], max_examples=config.eval_max_examples, seed=0, device=device),
+                **test,
+            }
             torch.manual_seed(config.init_seed if config.init == "same" else config.init_seed + index)
             model = build_model(config.model.name, config.model.args).to(device)
             _train_one(config, folder, role, seed, model, train, evaluation, progress)
