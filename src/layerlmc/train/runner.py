@@ -137,7 +137,7 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
         save_state_dict(model.state_dict(), checkpoint_path(folder, role, 0))
     else:
         model.load_state_dict(load_state_dict(checkpoint_path(folder, role, start)))
-    optimizer = _optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     if start > 0:
         optimizer.load_state_dict(torch.load(optimizer_path(folder, role, start), map_location=train.labels.device,
                                              weights_only=True))
@@ -156,29 +156,11 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
     bar = tqdm(range(start + 1, epochs + 1), desc=f"run {role}", unit="epoch", disable=None if progress is None else not progress)
     for epoch in bar:
         began = time.perf_counter()
-        model.train()
-        generator = torch.Generator().manual_seed(_mix(seed, epoch))
-        torch.manual_seed(_mix(seed, epoch) + 1)  # dropout and other module randomness
-        order = torch.randperm(len(train), generator=generator).to(train.labels.device)
-        lr = config.optimizer.lr
-        for batch in range(iters):
-            lr = learning_rate(config.schedule, config.optimizer.lr, (epoch - 1) * iters + batch, epochs, iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            inputs = augment(train.inputs[index], config.augment, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(inputs), train.labels[index])
-            if not torch.isfinite(loss):
-                raise LayerLMCError(
-                    f"run {role} diverged at epoch {epoch}, batch {batch} (loss {loss.item()}); "
-                    "lower optimizer.lr or change the schedule"
-                )
-            loss.backward()
-            optimizer.step()
+        lr = train_epoch(model, optimizer, train, config, seed, epoch, epochs,
+                         where=f"run {role} at epoch {epoch}")
         # weights, then optimizer state: an epoch counts as done only when both are on disk
         save_state_dict(model.state_dict(), checkpoint_path(folder, role, epoch))
-        _save_optimizer(optimizer, optimizer_path(folder, role, epoch))
+        save_optimizer(optimizer, optimizer_path(folder, role, epoch))
         optimizer_path(folder, role, epoch - 1).unlink(missing_ok=True)
         record = _log_epoch(folder, role, epoch, evaluator, model, lr, time.perf_counter() - began)
         bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}")
@@ -192,7 +174,41 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
                  record["seconds"] or 0.0)
 
 
-def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def train_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, train, config, seed: int, epoch: int,
+    epochs: int, where: str,
+) -> float:
+    """One epoch (1-based ``epoch`` of ``epochs``) over ``train``; returns the last learning rate.
+
+    ``config`` has ``batch_size``, ``optimizer.lr``, ``schedule`` and ``augment``. Data order,
+    augmentation and module randomness come from generators seeded by (``seed``, ``epoch``),
+    so an epoch is a pure function of its inputs and a resumed run repeats it exactly.
+    """
+    model.train()
+    generator = torch.Generator().manual_seed(_mix(seed, epoch))
+    torch.manual_seed(_mix(seed, epoch) + 1)  # dropout and other module randomness
+    order = torch.randperm(len(train), generator=generator).to(train.labels.device)
+    iters = -(-len(train) // config.batch_size)
+    lr = config.optimizer.lr
+    for batch in range(iters):
+        lr = learning_rate(config.schedule, config.optimizer.lr, (epoch - 1) * iters + batch, epochs, iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+        inputs = augment(train.inputs[index], config.augment, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(inputs), train.labels[index])
+        if not torch.isfinite(loss):
+            raise LayerLMCError(
+                f"{where} diverged at batch {batch} (loss {loss.item()}); "
+                "lower optimizer.lr or change the schedule"
+            )
+        loss.backward()
+        optimizer.step()
+    return lr
+
+
+def make_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
     opt = config.optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
@@ -202,7 +218,7 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(optimizer.state_dict(), tmp)  # tensors, numbers and lists only: loads with weights_only
     tmp.replace(path)
