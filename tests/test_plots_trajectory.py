@@ -173,14 +173,16 @@ def test_heatmap_tables_follow_the_paper_layout(monkeypatch, tmp_path):
     tables, _metric, unit, title = drawn["layerwise_train_loss"]
     assert unit == "epoch"
     assert title == "train loss: layer-wise barriers (midpoint, reference models)"
+    assert list(tables) == ["interpolated into a", "interpolated into b"]
     for base in ("a", "b"):
-        assert list(tables[base].index) == ["full"] + GROUPS
-        assert list(tables[base].columns) == [str(s) for s in STEPS]
+        panel = tables[f"interpolated into {base}"]
+        assert list(panel.index) == ["full"] + GROUPS
+        assert list(panel.columns) == [str(s) for s in STEPS]
         # the full row is the same in both panels
-        assert list(tables[base].loc["full"]) == [0.5 * s for s in STEPS]
+        assert list(panel.loc["full"]) == [0.5 * s for s in STEPS]
     tables, _, _, title = drawn["cumulative_random-0_test_error"]
     assert "cumulative averaging starting from random:0 layers" in title
-    assert list(tables["b"].index) == ["+" + g for g in ORDERS["random:0"]]
+    assert list(tables["interpolated into b"].index) == ["+" + g for g in ORDERS["random:0"]]
     # the NaN cell is kept as NaN, not dropped
     assert sum(t.isna().to_numpy().sum() for d in drawn.values() for t in d[0].values()) == 1
 

@@ -41,9 +41,13 @@ def test_config_errors_name_the_key(tmp_path):
 def test_example_configs_are_valid():
     from pathlib import Path
 
+    from layerlmc.config import FederatedConfig
+
+    kinds = {"train": TrainConfig, "federate": FederatedConfig}
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
-        assert path.read_text().startswith(f"# layerlmc train configs/{path.name}"), path
-        load_config(TrainConfig, path)
+        command = path.read_text().split()[2]
+        assert path.read_text().startswith(f"# layerlmc {command} configs/{path.name}"), path
+        load_config(kinds[command], path)
 
 
 def test_schedules():

@@ -113,6 +113,80 @@ class TrainConfig(Strict):
         return splits
 
 
+def _as_list(value: object) -> object:
+    # `aggregate.include='conv*'` on the command line is one string; a YAML list stays a list
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Patterns = Annotated[list[str], BeforeValidator(_as_list)]
+
+
+class PartitionConfig(Strict):
+    """How the train split is dealt to clients (``layerlmc.data.partition``), each client's share
+    then split into its own local train and test part."""
+
+    scheme: Literal["iid", "halves", "shards", "dirichlet"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; small = strong label skew")
+    classes_per_client: int = Field(2, ge=1, description="shards: classes each client sees")
+    min_size: int = Field(10, ge=1, description="dirichlet: fewest examples a client may get")
+    test_fraction: float = Field(0.25, ge=0, lt=1, description="share of each client's data kept for its local test")
+    max_examples: int | None = Field(None, ge=1, description="a seeded subset of the train split, dealt out instead of all of it")
+    seed: int = 0
+
+
+class AggregateConfig(Strict):
+    """Which keys are averaged each round; the rest stay local (personalization).
+
+    ``fedavg`` averages every selected key each round; ``round-robin`` one selected group per
+    round, in order; ``none`` never averages (clients train alone: the paper's two-client
+    barrier setting). ``include``/``exclude`` are glob patterns over group names or keys.
+    """
+
+    strategy: Literal["fedavg", "round-robin", "none"] = "fedavg"
+    include: Patterns = Field(default_factory=list)
+    exclude: Patterns = Field(default_factory=list)
+    weights: Literal["examples", "batches", "uniform"] = Field(
+        "examples", description="client weights: local train examples, local batches (the paper's code) or equal")
+    groups: Literal["module", "block", "param", "all"] = "module"
+
+
+class MultiModelConfig(Strict):
+    """The barrier of the K-client average (full and per group) against the clients' mean."""
+
+    every: int = Field(0, ge=0, description="analyse every N-th round; 0 = the last round only")
+    max_examples: int | None = Field(2000, ge=1)
+    enabled: bool = True
+
+
+class FederatedConfig(Strict):
+    """K clients from one initialization, local training, (partial) averaging each round."""
+
+    name: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)] = "federated"
+    out: str | None = Field(None, description="run folder; default runs/<name>")
+    clients: int = Field(10, ge=1, le=10000)
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1, description="batches per round instead of local_epochs epochs")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of clients that train in a round")
+    seed: int = Field(0, description="client sampling and data order")
+    init_seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    multimodel: MultiModelConfig = Field(default_factory=MultiModelConfig)
+    eval_batch_size: int = Field(1024, ge=1)
+    eval_max_examples: int | None = Field(10000, ge=1, description="global test examples evaluated per round")
+    executor: Literal["local"] = "local"
+    device: str = "auto"
+
+
 def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> C:
     """``cls`` validated from a YAML file (or a mapping) with dotted ``key=value`` overrides."""
     if source is None:

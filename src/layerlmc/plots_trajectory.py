@@ -73,8 +73,8 @@ def plot_trajectory(
                 if layer_rows.empty:
                     continue
                 table = {
-                    base: _layer_table(_select(full, split, metric),
-                                       layer_rows[layer_rows["base"] == base])
+                    f"interpolated into {base}": _layer_table(_select(full, split, metric),
+                                                              layer_rows[layer_rows["base"] == base])
                     for base in BASES
                 }
                 title = (f"{split} {metric}: layer-wise barriers "
@@ -89,7 +89,7 @@ def plot_trajectory(
                     rows = _select(of_order, split, metric)
                     if rows.empty:
                         continue
-                    table = {base: _prefix_table(rows, base) for base in BASES}
+                    table = {f"interpolated into {base}": _prefix_table(rows, base) for base in BASES}
                     title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
                              f"({definition}, reference {reference})")
                     name = f"cumulative_{_safe(order)}_{_safe(split)}_{metric}"
@@ -173,6 +173,28 @@ def plot_distances(distances: pd.DataFrame, out: Path, *, dpi: int = DPI) -> lis
 # -- tables -----------------------------------------------------------------------------------
 
 
+def plot_multimodel(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Path]:
+    """``multimodel_{split}_{metric}``: rows ``full`` + groups, columns = rounds; each cell the
+    barrier of the K-client average (a group: averaged alone) against the clients' mean."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = _chosen(table, "average", "clients")
+    files: list[Path] = []
+    if chosen.empty:
+        return files
+    unit = _unit(chosen)
+    for split in dict.fromkeys(chosen["split"]):
+        for metric in METRICS:
+            rows = _select(chosen, split, metric)
+            if rows.empty:
+                continue
+            panel = {"average of the clients vs their mean": _layer_table(
+                rows[rows["kind"] == "full"], rows[rows["kind"] == "group"])}
+            title = f"{split} {metric}: barrier of the clients' average, full and one group at a time"
+            files += _heatmaps(panel, metric, unit, title, out / f"multimodel_{_safe(split)}_{metric}", dpi)
+    return files
+
+
 def _chosen(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
     if barriers is None or barriers.empty:
         return pd.DataFrame(columns=["step", "kind", "split", "metric"])
@@ -243,14 +265,14 @@ def _safe(name: str) -> str:
 
 
 def _merge(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Both panels on the same rows and columns (the union, in first-seen order)."""
+    """All panels on the same rows and columns (the union, in first-seen order)."""
     rows: list = []
     cols: set = set()
-    for base in BASES:
-        rows += [r for r in tables[base].index if r not in rows]
-        cols |= set(tables[base].columns)
+    for table in tables.values():
+        rows += [r for r in table.index if r not in rows]
+        cols |= set(table.columns)
     columns = sorted(cols, key=_step_key)
-    return {base: tables[base].reindex(index=rows, columns=columns) for base in BASES}
+    return {name: table.reindex(index=rows, columns=columns) for name, table in tables.items()}
 
 
 def _decimals(values: np.ndarray) -> int:
@@ -264,10 +286,12 @@ def _decimals(values: np.ndarray) -> int:
 
 def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: str, stem: Path,
               dpi: int) -> list[Path]:
+    """One heatmap panel per table, keyed by the panel's title, on one colour scale."""
     tables = _merge(tables)
-    rows, cols = list(tables["a"].index), list(tables["a"].columns)
+    first = next(iter(tables.values()))
+    rows, cols = list(first.index), list(first.columns)
     scale = SCALE[metric]
-    grids = {base: scale * tables[base].to_numpy(dtype=float) for base in BASES}
+    grids = {name: scale * table.to_numpy(dtype=float) for name, table in tables.items()}
     every = np.concatenate([g.ravel() for g in grids.values()])
     decimals = _decimals(every)
     finite = every[np.isfinite(every)]
@@ -281,16 +305,17 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
     col_w = max(_MIN_COL_W, _CHAR_W * chars + 0.12)
     label_w = 0.075 * max(len(str(r)) for r in rows) + 0.4
     panel_w = col_w * len(cols)
-    width = label_w + 2 * panel_w + 1.6
+    width = label_w + len(grids) * panel_w + 1.6
     if _TITLE_CHAR_W * len(title) > width and " (" in title:  # narrow figure: title on two lines
         head, _, tail = title.partition(" (")
         title = f"{head}\n({tail}"
     width = min(60.0, max(width, _TITLE_CHAR_W * max(map(len, title.split("\n"))) + 0.4))
     height = min(60.0, _ROW_H * len(rows) + 1.8)
-    fig, axes = plt.subplots(1, 2, figsize=(width, height), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(grids), figsize=(width, height), sharey=True, constrained_layout=True,
+                             squeeze=False)
+    axes = list(axes[0])
     image = None
-    for ax, base in zip(axes, BASES):
-        grid = grids[base]
+    for index, (ax, (panel, grid)) in enumerate(zip(axes, grids.items())):
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto",
                           interpolation="nearest")
         for i in range(grid.shape[0]):
@@ -307,10 +332,10 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
         ax.set_xticks(range(len(cols)), cols, fontsize=9)
         ax.set_yticks(range(len(rows)), rows, fontsize=9)
         ax.tick_params(length=0)
-        if base == "b":
+        if index:
             ax.tick_params(labelleft=False)
         ax.set_xlabel(unit)
-        ax.set_title(f"interpolated into {base}")
+        ax.set_title(panel)
         for spine in ax.spines.values():
             spine.set_visible(False)
     colorbar = fig.colorbar(image, ax=list(axes), fraction=0.05, pad=0.02,

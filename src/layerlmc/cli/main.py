@@ -10,6 +10,7 @@ import click
 
 from ..errors import LayerLMCError
 from .barriers import barriers_command, groups_command
+from .federate import federate_command
 from .ls import ls_command
 from .quickstart import quickstart_command
 from .reproduce import reproduce_command
@@ -29,6 +30,7 @@ cli.add_command(ls_command)
 cli.add_command(quickstart_command)
 cli.add_command(train_command)
 cli.add_command(trajectory_command)
+cli.add_command(federate_command)
 cli.add_command(plot_command)
 cli.add_command(reproduce_command)
 

@@ -56,7 +56,7 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
     resolved = to_dict(config)
     resolved["out"] = str(folder)
     run = RunDir(folder)
-    _claim(run, resolved)
+    claim_training(run, resolved)
     device = resolve_device(config.device)
     data = build_data(config.data.name, config.data.args)
     test_name = config.data.test_split
@@ -80,12 +80,16 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
 NOT_WEIGHTS = ("out", "device", "eval_batch_size")
 
 
-def _claim(run: RunDir, resolved: dict) -> None:
+def claim_training(run: RunDir, resolved: dict, unit: str = "epoch", not_weights: tuple[str, ...] = NOT_WEIGHTS) -> None:
+    """Start or resume training in ``run``; refuse a folder trained with another config.
+
+    Keys in ``not_weights`` may change between runs (they do not change the weights).
+    """
     config_file = run.path / "config.yaml"
     if config_file.exists():
         old = yaml.safe_load(config_file.read_text()) or {}
-        changed = [key for key in differences(old, resolved) if key not in NOT_WEIGHTS]
-        trained = any(p.stem != "epoch_0000" for p in run.path.glob("checkpoints/*/epoch_*.safetensors"))
+        changed = [key for key in differences(old, resolved) if key.split(".")[0] not in not_weights]
+        trained = any(p.stem != f"{unit}_0000" for p in run.path.glob(f"checkpoints/*/{unit}_*.safetensors"))
         if changed and trained:
             raise LayerLMCError(
                 f"{run.path} was trained with another config ({', '.join(changed[:6])} differ); "
@@ -94,7 +98,8 @@ def _claim(run: RunDir, resolved: dict) -> None:
         if changed:
             # nothing was trained yet (a failed or diverged start): begin again with the new config
             log.info("%s: nothing trained yet; starting over with the new config", run.path)
-            for stale in [*run.path.glob("checkpoints/*/*"), run.path / "history.jsonl"]:
+            for stale in [*run.path.glob("checkpoints/*/*"), *run.path.glob("checkpoints/*.pt"),
+                          run.path / "history.jsonl"]:
                 stale.unlink(missing_ok=True)
     run.config = resolved
     run.write_config()
@@ -156,11 +161,11 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
     bar = tqdm(range(start + 1, epochs + 1), desc=f"run {role}", unit="epoch", disable=None if progress is None else not progress)
     for epoch in bar:
         began = time.perf_counter()
-        lr = train_epoch(model, optimizer, train, config, seed, epoch, epochs,
+        lr, _ = train_epoch(model, optimizer, train, config, seed, epoch, epochs,
                          where=f"run {role} at epoch {epoch}")
         # weights, then optimizer state: an epoch counts as done only when both are on disk
         save_state_dict(model.state_dict(), checkpoint_path(folder, role, epoch))
-        save_optimizer(optimizer, optimizer_path(folder, role, epoch))
+        save_optimizer(optimizer.state_dict(), optimizer_path(folder, role, epoch))
         optimizer_path(folder, role, epoch - 1).unlink(missing_ok=True)
         record = _log_epoch(folder, role, epoch, evaluator, model, lr, time.perf_counter() - began)
         bar.set_postfix(test_acc=f"{record['test_accuracy']:.3f}")
@@ -176,25 +181,32 @@ def _train_one(config, folder, role, seed, model, train, evaluation, progress) -
 
 def train_epoch(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, train, config, seed: int, epoch: int,
-    epochs: int, where: str,
-) -> float:
-    """One epoch (1-based ``epoch`` of ``epochs``) over ``train``; returns the last learning rate.
+    epochs: int, where: str, batches: int | None = None,
+) -> tuple[float, float]:
+    """One epoch (1-based ``epoch`` of ``epochs``) over ``train``: returns the last learning rate
+    and the mean training loss of its batches.
 
     ``config`` has ``batch_size``, ``optimizer.lr``, ``schedule`` and ``augment``. Data order,
     augmentation and module randomness come from generators seeded by (``seed``, ``epoch``),
-    so an epoch is a pure function of its inputs and a resumed run repeats it exactly.
+    so an epoch is a pure function of its inputs and a resumed run repeats it exactly. With
+    ``batches``, the "epoch" is that many batches (fresh permutations when it needs more).
     """
     model.train()
     generator = torch.Generator().manual_seed(_mix(seed, epoch))
     torch.manual_seed(_mix(seed, epoch) + 1)  # dropout and other module randomness
-    order = torch.randperm(len(train), generator=generator).to(train.labels.device)
-    iters = -(-len(train) // config.batch_size)
+    full = -(-len(train) // config.batch_size)
+    iters = batches or full
+    order = torch.cat([torch.randperm(len(train), generator=generator) for _ in range(-(-iters // full))])
+    order = order.to(train.labels.device)
     lr = config.optimizer.lr
+    total = 0.0
     for batch in range(iters):
         lr = learning_rate(config.schedule, config.optimizer.lr, (epoch - 1) * iters + batch, epochs, iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+        # with `batches`, a batch never straddles two permutations
+        start = (batch // full) * len(train) + (batch % full) * config.batch_size
+        index = order[start : min(start + config.batch_size, (batch // full + 1) * len(train))]
         inputs = augment(train.inputs[index], config.augment, generator)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), train.labels[index])
@@ -205,7 +217,8 @@ def train_epoch(
             )
         loss.backward()
         optimizer.step()
-    return lr
+        total += loss.item()
+    return lr, total / iters
 
 
 def make_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -218,9 +231,10 @@ def make_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def save_optimizer(state: dict, path: Path) -> None:
+    """An optimizer's state dict, written atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(optimizer.state_dict(), tmp)  # tensors, numbers and lists only: loads with weights_only
+    torch.save(state, tmp)  # tensors, numbers and lists only: loads with weights_only
     tmp.replace(path)
 
 
