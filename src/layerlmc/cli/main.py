@@ -14,6 +14,7 @@ from .federate import federate_command
 from .ls import ls_command
 from .quickstart import quickstart_command
 from .reproduce import reproduce_command
+from .theory import theory_command
 from .train import train_command
 from .trajectory import plot_command, trajectory_command
 
@@ -33,6 +34,7 @@ cli.add_command(trajectory_command)
 cli.add_command(federate_command)
 cli.add_command(plot_command)
 cli.add_command(reproduce_command)
+cli.add_command(theory_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=args, prog_name="layerlmc", standalone_mode=False)
     except click.UsageError as err:
-        hint = f" (see 'layerlmc {err.ctx.command.name} --help')" if err.ctx and err.ctx.command.name != "cli" else ""
+        # command_path names a subcommand of a group in full ("layerlmc theory deep-linear")
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx and err.ctx.command.name != "cli" else ""
         _error(f"{err.format_message()}{hint}")
         return 2
     except click.ClickException as err:
