@@ -55,6 +55,32 @@ def reproduce(
     return barriers, distances, analysis
 
 
+def reproduce_robustness(
+    out: str | Path = "runs/reproduce", epochs: int | None = None, every: int = 2, samples: int = 5,
+    max_examples: int = 2000, device: str = "auto", progress: bool | None = None,
+) -> tuple[pd.DataFrame, Path]:
+    """The averaging direction vs random directions of the same norm (PAPER.md §4.1) on the
+    training run of fig1/fig3, every ``every``-th epoch, ``samples`` directions per group and base,
+    on a fixed test subset. Returns the ``robustness.csv`` table and the analysis folder."""
+    from .analyses import robustness
+
+    out = Path(out)
+    overrides = [f"device={device}"] + ([f"epochs={epochs}"] if epochs else [])
+    config: TrainConfig = load_config(TrainConfig, CONFIG, overrides)
+    run = train_runs(config, out / config.name, progress=progress)
+    model = build_model(config.model.name, config.model.args)
+    data = build_data(config.data.name, config.data.args)
+    analysis = out / "robustness"
+    table = robustness(
+        model, find_checkpoints(run / "checkpoints" / "a"), find_checkpoints(run / "checkpoints" / "b"), data,
+        analysis, samples=samples, every=every, splits=["test"], max_examples=max_examples, device=device,
+        progress=progress,
+        config={"recipe": "robustness", "training": str(run), "every": every, "samples": samples,
+                "max_examples": max_examples},
+    )
+    return table, analysis
+
+
 FEDERATED_CONFIG = Path(__file__).parent / "configs" / "fed_fmnist_dirichlet.yaml"
 #: The splits of Table 1 (PAPER.md §5.3): label-skew non-iid and pathological non-iid.
 TABLE1_PARTITIONS = {

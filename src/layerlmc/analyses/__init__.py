@@ -1,5 +1,9 @@
 """Analyses over many checkpoints, built on the barrier core (``layerlmc.lmc``)."""
 
+from .robustness import random_direction, robustness, robustness_summary, robustness_table, step_fraction
 from .trajectory import find_checkpoints, layer_distances, trajectory
 
-__all__ = ["find_checkpoints", "layer_distances", "trajectory"]
+__all__ = [
+    "find_checkpoints", "layer_distances", "random_direction", "robustness", "robustness_summary",
+    "robustness_table", "step_fraction", "trajectory",
+]

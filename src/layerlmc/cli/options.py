@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import pandas as pd
+import yaml
 
+from ..errors import LayerLMCError
 from ..layers import SCHEMES
 from ..specs import parse_kwargs
 
@@ -93,6 +97,119 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
     )
 
 
+def source_options(out_help: str, every_default: int | None = 1, files: bool = False) -> Callable:
+    """Where an analysis over checkpoints takes a and b from (see :func:`resolve_source`):
+    --b, --pair, the model and data, --out and the step selection. With ``files``, SOURCE and
+    --b may also be two checkpoint files (a single pair)."""
+    if files:
+        b_meta = "FILE|DIR|GLOB"
+        b_help = ("Model b's checkpoint file, or the folder or glob of its checkpoints, when "
+                  "SOURCE is model a's.")
+    else:
+        b_meta = "DIR|GLOB"
+        b_help = "Checkpoints of b when SOURCE is a folder or glob of a's checkpoints."
+    every_help = "Analyse every N-th common step (the last one always)."
+    if every_default is None:
+        every_help += " [default: the last step only]"
+    return _stack(
+        click.option("--b", "source_b", default=None, metavar=b_meta, help=b_help),
+        click.option("--pair", default="a,b", show_default=True,
+                     help="Which two runs of a training run to compare."),
+        model_options(required=False),
+        data_options(required=False),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help=out_help),
+        click.option("--every", type=click.IntRange(min=1), default=every_default,
+                     show_default=every_default is not None, help=every_help),
+        click.option("--steps", default=None,
+                     help="Analyse exactly these steps (comma-separated)."),
+        click.option("--allow-missing", is_flag=True,
+                     help="Analyse the common steps when some have no partner."),
+        click.option("--unit", default="epoch", show_default=True,
+                     type=click.Choice(["epoch", "round", "iter", "step"])),
+    )
+
+
+def is_training_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+
+
+@dataclass
+class Source:
+    """The checkpoints (step → file, or one file each for a single pair), model, data and output
+    folder of an analysis, resolved from SOURCE and the options of :func:`source_options`."""
+
+    a: dict[int, Path] | Path
+    b: dict[int, Path] | Path
+    model_spec: str
+    model_kwargs: dict
+    data_spec: str
+    data_kwargs: dict
+    out: Path
+    steps: list[int] | None
+
+    @property
+    def single_pair(self) -> bool:
+        return not isinstance(self.a, dict)
+
+
+def resolve_source(
+    source: str, source_b: str | None, pair: str, model_spec: str | None,
+    model_args: tuple[str, ...], data_spec: str | None, data_args: tuple[str, ...],
+    out: Path | None, steps: str | None, *, default_out: str, files: bool = False,
+) -> Source:
+    """SOURCE is a training run folder (runs chosen with --pair; model and data from its
+    config.yaml unless given; --out defaults to SOURCE/``default_out``), or a folder or glob of
+    a's checkpoints with --b for b's (then --model, --data and --out are needed). With ``files``,
+    SOURCE and --b may be two checkpoint files."""
+    from ..analyses.trajectory import find_checkpoints
+
+    folder = Path(source)
+    if is_training_run(folder):
+        if source_b is not None:
+            raise LayerLMCError(f"{source} is a training run; choose its runs with --pair, not --b")
+        trained = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        roles = split_list((pair,))
+        if len(roles) != 2:
+            raise LayerLMCError(f"--pair needs two run names such as a,b; got '{pair}'")
+        dirs = [folder / "checkpoints" / role for role in roles]
+        for role, directory in zip(roles, dirs):
+            if not directory.is_dir():
+                present = sorted(p.name for p in (folder / "checkpoints").iterdir())
+                raise LayerLMCError(f"{folder} has no run '{role}' (runs: {', '.join(present)})")
+        a, b = (find_checkpoints(d) for d in dirs)
+        trained_model, trained_data = trained.get("model", {}), trained.get("data", {})
+        model_spec = model_spec or trained_model.get("name")
+        model_kwargs = parse_kwargs(model_args) if model_args else trained_model.get("args", {})
+        data_spec = data_spec or trained_data.get("name")
+        data_kwargs = parse_kwargs(data_args) if data_args else trained_data.get("args", {})
+        out = out or folder / default_out
+    else:
+        if source_b is None:
+            raise LayerLMCError(
+                f"{source} is not a training run folder; give b's checkpoints with --b")
+        for flag, value in (("--model", model_spec), ("--data", data_spec), ("--out", out)):
+            if value is None:
+                raise LayerLMCError(
+                    f"{flag} is needed when SOURCE is a folder or glob of checkpoints")
+        if files and (folder.is_file() or Path(source_b).is_file()):
+            for name, path in (("SOURCE", source), ("--b", source_b)):
+                if not Path(path).is_file():
+                    raise LayerLMCError(
+                        f"{name} {path} is not a checkpoint file; give two files for a single pair")
+            if steps:
+                raise LayerLMCError(
+                    "--steps selects steps of checkpoint folders; a pair of files has none")
+            a, b = Path(source), Path(source_b)
+        else:
+            a, b = find_checkpoints(source), find_checkpoints(source_b)
+        model_kwargs, data_kwargs = parse_kwargs(model_args), parse_kwargs(data_args)
+    try:
+        chosen_steps = [int(s) for s in split_list((steps,))] if steps else None
+    except ValueError:
+        raise LayerLMCError(f"--steps takes integers, e.g. 0,10,20; got '{steps}'") from None
+    return Source(a, b, model_spec, model_kwargs, data_spec, data_kwargs, Path(out), chosen_steps)
+
+
 def analysis_kwargs(options: dict) -> dict:
     """Library keyword arguments (``layerlmc.barriers``, ``trajectory``) from parsed options."""
     return {
@@ -121,5 +238,6 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         click.echo("! marks a non-finite value (the loss diverged at that point)")
 
 
-__all__ = ["analysis_kwargs", "data_options", "eval_options", "group_options", "model_options",
-           "parse_kwargs", "path_options", "print_table", "split_list"]
+__all__ = ["Source", "analysis_kwargs", "data_options", "eval_options", "group_options",
+           "is_training_run", "model_options", "parse_kwargs", "path_options", "print_table",
+           "resolve_source", "source_options", "split_list"]

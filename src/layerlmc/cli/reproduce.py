@@ -4,13 +4,14 @@ from pathlib import Path
 
 import click
 
-from ..recipes import FIGURES, reproduce, reproduce_table1
+from ..recipes import FIGURES, reproduce, reproduce_robustness, reproduce_table1
 from .trajectory import report_trajectory
 
 RECIPES = {
     "fig1": "layer-wise barriers over training (two CNNs, one initialization, different data order)",
     "fig3": "cumulative averaging from the input and from the output side (same training run as fig1)",
     "fig4": "the toy deep linear network: full path vs one layer at a time (exact numbers)",
+    "robustness": "averaging direction vs random directions per layer (same training run as fig1)",
     "table1": "federated full vs partial aggregation under two non-iid splits (14 federated runs)",
 }
 
@@ -18,20 +19,29 @@ RECIPES = {
 @click.command("reproduce")
 @click.argument("study", type=click.Choice(sorted(RECIPES)), metavar="STUDY")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3: train for this many epochs [default: 10].")
-@click.option("--every", type=click.IntRange(min=1), default=2, show_default=True, help="fig1/fig3: analyse every N-th epoch.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3/robustness: train for this many epochs [default: 10].")
+@click.option("--every", type=click.IntRange(min=1), default=2, show_default=True, help="fig1/fig3/robustness: analyse every N-th epoch.")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="fig1/fig3: examples per split in the barrier evaluations [default: 5000]; "
+                   "robustness: test examples [default: 2000]; "
                    "table1: training images dealt to the clients [default: 12000].")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="robustness: random directions per group, base and epoch.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="table1: federated rounds [default: 10].")
 @click.option("--device", default="auto", show_default=True)
 def reproduce_command(study: str, out: Path, epochs: int | None, every: int, max_examples: int | None,
-                      rounds: int | None, device: str) -> None:
+                      samples: int, rounds: int | None, device: str) -> None:
     """Reproduce a study of the paper at a scale that fits two CPU cores (STUDY below)."""
     if study in FIGURES:
         table, _, analysis = reproduce(study, out, epochs=epochs, every=every, max_examples=max_examples or 5000,
                                        device=device)
         report_trajectory(table, analysis, "midpoint", "models")
+    elif study == "robustness":
+        from .robustness import report_robustness
+
+        table, analysis = reproduce_robustness(out, epochs=epochs, every=every, samples=samples,
+                                               max_examples=max_examples or 2000, device=device)
+        report_robustness(table, analysis, at=0.5)
     elif study == "fig4":
         from ..theory.toy import fig4
 
@@ -47,5 +57,5 @@ def reproduce_command(study: str, out: Path, epochs: int | None, every: int, max
 
 
 reproduce_command.help += "\n\n\b\nSTUDY is one of:" + "".join(
-    f"\n  {name:<8} {summary}" for name, summary in RECIPES.items())
+    f"\n  {name:<10} {summary}" for name, summary in RECIPES.items())
 reproduce_command.help += "\n\nRerunning resumes: finished training runs and records are reused."

@@ -4,34 +4,25 @@ from pathlib import Path
 
 import click
 import pandas as pd
-import yaml
 
-from ..analyses import find_checkpoints, trajectory
+from ..analyses import trajectory
 from ..barriers import compute_barriers, trajectory_summary
 from ..errors import LayerLMCError
 from ..results import RunDir
-from ..specs import build_data, build_model, parse_kwargs
-from .options import analysis_kwargs, data_options, eval_options, model_options, path_options, print_table, split_list
-
-
-def is_training_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+from ..specs import build_data, build_model
+from .options import (
+    analysis_kwargs,
+    eval_options,
+    path_options,
+    print_table,
+    resolve_source,
+    source_options,
+)
 
 
 @click.command("trajectory")
 @click.argument("source", type=str)
-@click.option("--b", "source_b", default=None, metavar="DIR|GLOB",
-              help="Checkpoints of b when SOURCE is a folder or glob of a's checkpoints.")
-@click.option("--pair", default="a,b", show_default=True, help="Which two runs of a training run to compare.")
-@model_options(required=False)
-@data_options(required=False)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Analysis folder [default: SOURCE/analysis for a training run].")
-@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Analyse every N-th common step (the last one always).")
-@click.option("--steps", default=None, help="Analyse exactly these steps (comma-separated).")
-@click.option("--allow-missing", is_flag=True, help="Analyse the common steps when some have no partner.")
-@click.option("--unit", default="epoch", show_default=True, type=click.Choice(["epoch", "round", "iter", "step"]))
+@source_options("Analysis folder [default: SOURCE/analysis for a training run].")
 @path_options(alphas_default="0,0.5,1")
 @eval_options(max_examples_default=None)
 def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec, data_args, out, every, steps,
@@ -47,46 +38,17 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
       layerlmc trajectory runs/pair_fmnist_cnn --every 2 --cumulative shallow --cumulative deep
       layerlmc trajectory 'ckpts/run0/*.pt' --b 'ckpts/run1/*.pt' --model net.py:make --data data.py:splits --out runs/t
     """
-    folder = Path(source)
-    if is_training_run(folder):
-        if source_b is not None:
-            raise LayerLMCError(f"{source} is a training run; choose its runs with --pair, not --b")
-        trained = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-        roles = split_list((pair,))
-        if len(roles) != 2:
-            raise LayerLMCError(f"--pair needs two run names such as a,b; got '{pair}'")
-        dirs = [folder / "checkpoints" / role for role in roles]
-        for role, directory in zip(roles, dirs):
-            if not directory.is_dir():
-                present = sorted(p.name for p in (folder / "checkpoints").iterdir())
-                raise LayerLMCError(f"{folder} has no run '{role}' (runs: {', '.join(present)})")
-        a_ckpts, b_ckpts = (find_checkpoints(d) for d in dirs)
-        model_spec = model_spec or trained.get("model", {}).get("name")
-        model_kwargs = parse_kwargs(model_args) if model_args else trained.get("model", {}).get("args", {})
-        data_spec = data_spec or trained.get("data", {}).get("name")
-        data_kwargs = parse_kwargs(data_args) if data_args else trained.get("data", {}).get("args", {})
-        out = out or folder / "analysis"
-    else:
-        if source_b is None:
-            raise LayerLMCError(f"{source} is not a training run folder; give b's checkpoints with --b")
-        for flag, value in (("--model", model_spec), ("--data", data_spec), ("--out", out)):
-            if value is None:
-                raise LayerLMCError(f"{flag} is needed when SOURCE is a folder or glob of checkpoints")
-        a_ckpts, b_ckpts = find_checkpoints(source), find_checkpoints(source_b)
-        model_kwargs, data_kwargs = parse_kwargs(model_args), parse_kwargs(data_args)
+    src = resolve_source(source, source_b, pair, model_spec, model_args, data_spec, data_args,
+                         out, steps, default_out="analysis")
     kwargs = analysis_kwargs(options)
-    try:
-        chosen_steps = [int(s) for s in split_list((steps,))] if steps else None
-    except ValueError:
-        raise LayerLMCError(f"--steps takes integers, e.g. 0,10,20; got '{steps}'") from None
-    config = {"source": str(source), "b": source_b, "pair": pair, "model": model_spec, "model_args": model_kwargs,
-              "data": data_spec, "data_args": data_kwargs, "every": every, "steps": chosen_steps,
-              "unit": unit, **kwargs}
-    model = build_model(model_spec, model_kwargs)
-    data = build_data(data_spec, data_kwargs)
-    table, _ = trajectory(model, a_ckpts, b_ckpts, data, out, unit=unit, every=every, steps=chosen_steps,
-                          allow_missing=allow_missing, config=config, **kwargs)
-    report_trajectory(table, Path(out), kwargs["definitions"][0], kwargs["references"][0])
+    config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
+              "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
+              "every": every, "steps": src.steps, "unit": unit, **kwargs}
+    model = build_model(src.model_spec, src.model_kwargs)
+    data = build_data(src.data_spec, src.data_kwargs)
+    table, _ = trajectory(model, src.a, src.b, data, src.out, unit=unit, every=every,
+                          steps=src.steps, allow_missing=allow_missing, config=config, **kwargs)
+    report_trajectory(table, src.out, kwargs["definitions"][0], kwargs["references"][0])
 
 
 def report_trajectory(table: pd.DataFrame, out: Path, definition: str, reference: str) -> None:
