@@ -209,7 +209,9 @@ def train_epoch(
         index = order[start : min(start + config.batch_size, (batch // full + 1) * len(train))]
         inputs = augment(train.inputs[index], config.augment, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs), train.labels[index])
+        logits = model(inputs)
+        # sequence models give logits [batch, ..., classes] for labels [batch, ...]: one loss per label
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), train.labels[index].reshape(-1))
         if not torch.isfinite(loss):
             raise LayerLMCError(
                 f"{where} diverged at batch {batch} (loss {loss.item()}); "
