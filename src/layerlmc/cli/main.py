@@ -15,6 +15,7 @@ from .ls import ls_command
 from .quickstart import quickstart_command
 from .reproduce import reproduce_command
 from .robustness import robustness_command
+from .subspace import subspace_command
 from .theory import theory_command
 from .train import train_command
 from .trajectory import plot_command, trajectory_command
@@ -35,6 +36,7 @@ cli.add_command(trajectory_command)
 cli.add_command(federate_command)
 cli.add_command(plot_command)
 cli.add_command(robustness_command)
+cli.add_command(subspace_command)
 cli.add_command(reproduce_command)
 cli.add_command(theory_command)
 

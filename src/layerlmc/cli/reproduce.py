@@ -12,6 +12,7 @@ RECIPES = {
     "fig3": "cumulative averaging from the input and from the output side (same training run as fig1)",
     "fig4": "the toy deep linear network: full path vs one layer at a time (exact numbers)",
     "robustness": "averaging direction vs random directions per layer (same training run as fig1)",
+    "subspace": "noise in the span, null space and averaging direction of two MLPs (PAPER.md §4.2)",
     "table1": "federated full vs partial aggregation under two non-iid splits (14 federated runs)",
 }
 
@@ -27,10 +28,13 @@ RECIPES = {
                    "table1: training images dealt to the clients [default: 12000].")
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
               help="robustness: random directions per group, base and epoch.")
+@click.option("--span", type=click.Choice(["final", "trajectory"]), default="final", show_default=True,
+              help="subspace: the span of the two final weight vectors (the published plots) or of "
+                   "every epoch's weights (the intended training subspace).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="table1: federated rounds [default: 10].")
 @click.option("--device", default="auto", show_default=True)
 def reproduce_command(study: str, out: Path, epochs: int | None, every: int, max_examples: int | None,
-                      samples: int, rounds: int | None, device: str) -> None:
+                      samples: int, span: str, rounds: int | None, device: str) -> None:
     """Reproduce a study of the paper at a scale that fits two CPU cores (STUDY below)."""
     if study in FIGURES:
         table, _, analysis = reproduce(study, out, epochs=epochs, every=every, max_examples=max_examples or 5000,
@@ -42,6 +46,12 @@ def reproduce_command(study: str, out: Path, epochs: int | None, every: int, max
         table, analysis = reproduce_robustness(out, epochs=epochs, every=every, samples=samples,
                                                max_examples=max_examples or 2000, device=device)
         report_robustness(table, analysis, at=0.5)
+    elif study == "subspace":
+        from ..analyses.subspace import reproduce_subspace
+        from .subspace import report_subspace
+
+        table, folder = reproduce_subspace(out, device=device, span=span)
+        report_subspace(table, folder)
     elif study == "fig4":
         from ..theory.toy import fig4
 
