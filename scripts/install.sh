@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything layerlmc needs on a fresh Debian machine with Python 3.11:
-# Debian's Fashion-MNIST package, a virtual environment in .venv, the CPU build of
+# Debian's Fashion-MNIST and Jargon File packages, a virtual environment in .venv, the CPU build of
 # torch 2.13.0 and layerlmc itself (editable, with the test tools). Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ SUDO=""
 
 debian_packages=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || debian_packages+=(dataset-fashion-mnist)
+# the built-in text corpus of the language-model studies
+[ -f /usr/share/doc/jargon-text/jargon.txt.gz ] || debian_packages+=(jargon-text)
 # Debian's own python3 needs python3-venv to make virtual environments
 "$PYTHON" -c "import ensurepip" 2>/dev/null || debian_packages+=(python3-venv)
 if [ ${#debian_packages[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .barriers import check_choices, compute_barriers, needed_alphas
 from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
-from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device
+from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device, statistics_batches
+from .evaluate.batchnorm import batchnorm_modules, check_policy
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
 from .results import SCHEMA, RunDir, point_key, short_hash
@@ -109,6 +111,11 @@ def evaluate_paths(
     prefix of a cumulative path and that group's own path) reuse one evaluation. With
     ``run``, records already in its ``points.jsonl`` are not evaluated again and new ones are
     appended as each point finishes.
+
+    The evaluator's BatchNorm policy (``evaluator.bn``) decides the statistics of each state:
+    under ``keep-base`` they are left out of every path's interpolated keys (so the full path
+    at α=1 is b's weights with a's statistics, not model b), under ``recompute`` they are
+    estimated once per state and shared by its splits.
     """
     prepared = evaluator.splits
     a = {k: v.to(evaluator.device) for k, v in a.items()}
@@ -120,10 +127,14 @@ def evaluate_paths(
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
     known: dict[tuple, Metrics] = {}  # (b-weights, split) → metrics
     records: list[dict] = []
-    todo: list[tuple[Point, tuple, list[str]]] = []
+    todo: list[tuple[Point, Point, tuple, list[str]]] = []
     for path in [*endpoint_paths(), *paths]:
+        moving = moving_path(path, evaluator)
         for point in path.points():
-            weights = tuple(0.0 if equal else w for equal, w in zip(same, point.b_weights(float_keys)))
+            # the state is built, and known, by the keys that actually move
+            state_point = Point(moving, point.alpha) if moving is not path else point
+            b_weights = state_point.b_weights(float_keys)
+            weights = tuple(0.0 if equal else w for equal, w in zip(same, b_weights))
             missing = []
             for split in prepared:
                 record = _record(point, split, step, unit)
@@ -134,9 +145,9 @@ def evaluate_paths(
                 records.append(old)
                 known.setdefault((weights, split), Metrics(old["loss"], old["accuracy"], old["n"]))
             if missing:
-                todo.append((point, weights, missing))
+                todo.append((point, state_point, weights, missing))
 
-    fresh_states = len({w for _, w, m in todo if any((w, s) not in known for s in m)})
+    fresh_states = len({w for _, _, w, m in todo if any((w, s) not in known for s in m)})
     sizes = ", ".join(f"{name} {len(split):,}" for name, split in prepared.items())
     if fresh_states:
         log.info("evaluating %d network states (%s examples)%s", fresh_states, sizes,
@@ -144,14 +155,14 @@ def evaluate_paths(
     elif stored:
         log.info("all points already stored in %s; nothing to evaluate", run.points_file)
     with tqdm(total=len(todo), desc="evaluating", unit="point", disable=_no_bar(progress, fresh_states)) as bar:
-        for point, weights, missing in todo:
+        for point, state_point, weights, missing in todo:
             state = None
             new = []
             for split in missing:
                 metrics = known.get((weights, split))
                 if metrics is None:
                     if state is None:
-                        state = interpolate(a, b, point)
+                        state = evaluator.prepare(interpolate(a, b, state_point))
                     metrics = evaluator.evaluate(state, split)
                     known[(weights, split)] = metrics
                 new.append(_record(point, split, step, unit, metrics))
@@ -160,6 +171,14 @@ def evaluate_paths(
                 run.append_points(new)
             bar.update()
     return records
+
+
+def moving_path(path: Path, evaluator: Evaluator) -> Path:
+    """``path`` as the evaluator's BatchNorm policy moves it: under ``keep-base`` the running
+    statistics are not interpolated but come from the base (``a``'s on the full path)."""
+    if evaluator.bn != "keep-base" or not path.keys & evaluator.bn_keys:
+        return path
+    return dataclasses.replace(path, keys=path.keys - evaluator.bn_keys)
 
 
 def _no_bar(progress: bool | None, work: int) -> bool | None:
@@ -182,28 +201,50 @@ def _record(point: Point, split: str, step, unit, metrics: Metrics | None = None
 
 def build_evaluator(
     model: torch.nn.Module, data: Mapping[str, object], state: StateDict, splits: Sequence[str] | None,
-    max_examples: int | None, seed: int, batch_size: int, device: str,
+    max_examples: int | None, seed: int, batch_size: int, device: str, *,
+    bn: str = "interpolate", bn_batches: int = 10, bn_batch_size: int | None = None,
+    bn_split: str = "train",
 ) -> Evaluator:
     """Splits loaded once onto the device, and the labels checked against the model's outputs at
-    ``state`` before anything is written."""
+    ``state`` before anything is written.
+
+    ``bn`` is the BatchNorm policy (:data:`~layerlmc.evaluate.BN_POLICIES`); under
+    ``recompute`` the statistics of every state come from ``bn_batches`` batches of
+    ``bn_batch_size`` (default ``batch_size``) examples of split ``bn_split``, seeded by
+    ``seed`` (:func:`~layerlmc.evaluate.statistics_batches`).
+    """
+    check_policy(bn)
     target = resolve_device(device)
     prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
-    evaluator = Evaluator(model.to(target), prepared, batch_size)
+    batches: list[torch.Tensor] = []
+    size = bn_batch_size or batch_size
+    if bn == "recompute" and batchnorm_modules(model):
+        batches = statistics_batches(data, bn_split, bn_batches, size, seed, target)
+    source = f"split '{bn_split}' (seed {seed})"
+    evaluator = Evaluator(model.to(target), prepared, batch_size, bn=bn, bn_batches=batches,
+                          bn_source=source)
     evaluator.check({k: v.to(target) for k, v in state.items()})
     return evaluator
 
 
 def analysis_inputs(
     model: torch.nn.Module, data: Mapping[str, object], max_examples: int | None, seed: int,
-    groups: str, patterns: Sequence[str],
+    groups: str, patterns: Sequence[str], batchnorm: str | None = None,
 ) -> dict[str, str]:
     """What every stored number depends on besides the checkpoints; other options only add or
-    drop points, so a run folder may be reused when these are equal."""
+    drop points, so a run folder may be reused when these are equal.
+
+    ``batchnorm`` is the evaluator's :attr:`~layerlmc.evaluate.Evaluator.bn_summary`
+    (default: the ``interpolate`` policy).
+    """
+    if batchnorm is None:
+        batchnorm = "interpolate" if batchnorm_modules(model) else "no BatchNorm"
     return {
         "model": short_hash(repr(model)),
         "data": data_digest(data),
         "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
+        "BatchNorm policy": batchnorm,
     }
 
 
@@ -229,6 +270,10 @@ def barriers(
     device: str = "auto",
     seed: int = 0,
     extrapolate: bool = False,
+    bn: str = "interpolate",
+    bn_batches: int = 10,
+    bn_batch_size: int | None = None,
+    bn_split: str = "train",
     out: str | FilePath | None = None,
     plots: bool = True,
     progress: bool | None = None,
@@ -242,9 +287,15 @@ def barriers(
     (``loss`` = mean cross-entropy per example, ``error`` = 1 − accuracy) under
     ``definition`` (``midpoint``/``max``) and ``reference`` (``models``/``path``).
 
+    ``bn`` says what the running statistics of BatchNorm layers are at each evaluated state
+    (docs/batchnorm.md): ``interpolate`` (blended with the weights), ``recompute`` (estimated
+    afresh from ``bn_batches`` batches of ``bn_batch_size`` examples of split ``bn_split``),
+    ``batch-stats`` (each evaluation batch's own) or ``keep-base`` (the path's base's; ``a``'s
+    on the full path). The policy applies to the endpoints too.
+
     With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl``,
     ``barriers.csv`` and ``figures/``; calling again with the same ``out`` evaluates only
-    points that are not stored yet.
+    points that are not stored yet. A folder computed with another BatchNorm policy is refused.
     """
     state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
     state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
@@ -257,19 +308,23 @@ def barriers(
         bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
         definitions=definitions, references=references, seed=seed, extrapolate=extrapolate,
     )
-    evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device)
+    evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device,
+                                bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
+                                bn_split=bn_split)
     run = None
     if out is not None:
         run = RunDir(out)
         inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-                  **analysis_inputs(model, data, max_examples, seed, groups, patterns)}
+                  **analysis_inputs(model, data, max_examples, seed, groups, patterns,
+                                    evaluator.bn_summary)}
         settings = dict(config) if config is not None else {
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
             "alphas": str(alphas), "layer_alphas": None if layer_alphas is None else str(layer_alphas),
             "definitions": list(definitions), "references": list(references),
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
-            "device": device, "seed": seed, "extrapolate": extrapolate,
+            "device": device, "seed": seed, "extrapolate": extrapolate, "bn": bn,
+            "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
         }
         run.claim(inputs, settings, str(evaluator.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():

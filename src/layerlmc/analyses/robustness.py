@@ -219,7 +219,7 @@ def evaluate_directions(
                 cell = (group.name, base, sample)
                 delta = random_direction(a, b, keys_of[group.name], seed=seed, step=step,
                                          group_index=group.index, base=base, sample=sample)
-            state = moved(states[base], delta, t)
+            state = evaluator.prepare(moved(states[base], delta, t))
             new = [_direction_record(group, base, t, sample, split, step, unit,
                                      evaluator.evaluate(state, split)) for split in missing]
             records += new
@@ -364,6 +364,10 @@ def robustness(
     batch_size: int = 1024,
     device: str = "auto",
     seed: int = 0,
+    bn: str = "interpolate",
+    bn_batches: int = 10,
+    bn_batch_size: int | None = None,
+    bn_split: str = "train",
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -375,7 +379,10 @@ def robustness(
     common step is analysed, or every ``every``-th (the last always), or exactly ``steps``.
     ``alphas`` is the grid of step fractions t (0 = the base, 1 = a full step; 0 is always
     added: it costs nothing); ``samples`` random directions are drawn per step, group and
-    base, seeded by ``seed``. ``at`` is the fraction the heatmaps show.
+    base, seeded by ``seed``. ``at`` is the fraction the heatmaps show. ``bn`` is the
+    BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
+    ``recompute``, as in :func:`layerlmc.barriers`; under any policy but ``interpolate`` the
+    running statistics are no part of a random direction (nor of its norm).
 
     Returns the ``robustness.csv`` table (:func:`robustness_table`). With ``out``, the folder
     gets ``config.yaml``, ``run.json``, ``points.jsonl``, ``robustness.csv`` and ``figures/``;
@@ -415,18 +422,23 @@ def robustness(
     check_pair(first_a, first_b, expected)
     group_list = robustness_groups(first_a, model, groups=groups, patterns=patterns,
                                    layers=layers, per_tensor=per_tensor)
+    evaluator = build_evaluator(model, data, first_a, splits, max_examples, seed, batch_size,
+                                device, bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
+                                bn_split=bn_split)
     aliases = {k for tie in tied_keys(model) for k in tie[1:]}
-    # a tied alias is not passed to the model, so it takes no part in the norm or the step
-    moving = {g.name: [k for k in g.keys if first_a[k].is_floating_point() and k not in aliases]
+    # a tied alias is not passed to the model, so it takes no part in the norm or the step;
+    # nor do running statistics the policy recomputes, ignores or keeps at the base, so that
+    # random and averaging directions move the same tensors
+    fixed = aliases | (evaluator.bn_keys if evaluator.bn != "interpolate" else set())
+    moving = {g.name: [k for k in g.keys if first_a[k].is_floating_point() and k not in fixed]
               for g in group_list}
     paths = averaging_paths(group_list, bases, fractions)
-    evaluator = build_evaluator(model, data, first_a, splits, max_examples, seed, batch_size,
-                                device)
 
     run = RunDir(out) if out is not None else None
     previous = run.read_run() if run is not None else None
     if run is not None:
-        inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns)
+        inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns,
+                                 evaluator.bn_summary)
         # the stored directions depend on the seed, which no point key records
         inputs["direction seed"] = str(seed)
         if step_unit is None:
@@ -441,6 +453,7 @@ def robustness(
             "per_tensor": per_tensor, "unit": step_unit,
             "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
             "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
+            "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
         }
         run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from (claim rewrote run.json): a checkpoint

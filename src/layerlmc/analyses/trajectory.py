@@ -15,7 +15,14 @@ from ..barriers import compute_barriers
 from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..errors import LayerLMCError
 from ..layers import LayerGroup, layer_groups, tied_keys
-from ..lmc import analysis_inputs, as_list, build_evaluator, evaluate_paths, plan_paths, state_digest
+from ..lmc import (
+    analysis_inputs,
+    as_list,
+    build_evaluator,
+    evaluate_paths,
+    plan_paths,
+    state_digest,
+)
 from ..results import RunDir
 
 log = logging.getLogger("layerlmc")
@@ -126,6 +133,10 @@ def trajectory(
     batch_size: int = 1024,
     device: str = "auto",
     seed: int = 0,
+    bn: str = "interpolate",
+    bn_batches: int = 10,
+    bn_batch_size: int | None = None,
+    bn_split: str = "train",
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -133,25 +144,29 @@ def trajectory(
     """Full, single-group and cumulative barriers of the pair at every selected step, and the
     per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
     ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
-    Returns ``(barriers, distances)``."""
+    ``bn`` is the BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
+    ``recompute``, as in :func:`layerlmc.barriers`. Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
     init_step = min(set(a_checkpoints) & set(b_checkpoints))
     a_init = _load(a_checkpoints[init_step], expected)
     b_init = _load(b_checkpoints[init_step], expected)
     check_pair(a_init, b_init, expected)
-    evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device)
+    evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device,
+                                bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
+                                bn_split=bn_split)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
     run = RunDir(out)
     previous = run.read_run()
     inputs = {
         "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
-        **analysis_inputs(model, data, max_examples, seed, groups, patterns),
+        **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary),
     }
     settings = dict(config) if config is not None else {
         "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
         "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
+        "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
     }
     run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from: a checkpoint replaced later must not be

@@ -11,7 +11,15 @@ from ..layers import layer_groups, tied_keys
 from ..lmc import barriers
 from ..results import RunDir
 from ..specs import build_data, build_model, parse_kwargs
-from .options import analysis_kwargs, data_options, eval_options, group_options, model_options, path_options, print_table
+from .options import (
+    analysis_kwargs,
+    data_options,
+    eval_options,
+    group_options,
+    model_options,
+    path_options,
+    print_table,
+)
 
 
 @click.command("barriers")

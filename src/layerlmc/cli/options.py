@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from ..errors import LayerLMCError
+from ..evaluate.batchnorm import BN_POLICIES
 from ..layers import SCHEMES
 from ..specs import parse_kwargs
 
@@ -92,7 +93,21 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
         click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
         click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the random order and of the --max-examples subset."),
+                     help="Seed of the random order, the --max-examples subset and the "
+                          "--bn recompute batches."),
+        click.option("--bn", type=click.Choice(BN_POLICIES), default="interpolate",
+                     show_default=True,
+                     help="BatchNorm running statistics at each evaluated state: interpolate "
+                          "them with the weights, recompute them from training batches, use "
+                          "each evaluation batch's own (batch-stats), or keep the path's base's "
+                          "(keep-base). See docs/batchnorm.md."),
+        click.option("--bn-batches", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="--bn recompute: batches to estimate the statistics from."),
+        click.option("--bn-batch-size", type=click.IntRange(min=1), default=None,
+                     help="--bn recompute: examples per batch [default: --batch-size]."),
+        click.option("--bn-split", default="train", show_default=True,
+                     help="--bn recompute: the split the batches are drawn from (seeded by "
+                          "--seed)."),
         click.option("--plots/--no-plots", default=True, show_default=True),
     )
 
@@ -220,8 +235,15 @@ def analysis_kwargs(options: dict) -> dict:
         "definitions": split_list(options["definitions"]), "references": split_list(options["references"]),
         "splits": split_list(options["splits"]) or None, "max_examples": options["max_examples"],
         "batch_size": options["batch_size"], "device": options["device"], "seed": options["seed"],
-        "plots": options["plots"],
+        **bn_kwargs(options), "plots": options["plots"],
     }
+
+
+def bn_kwargs(options: dict) -> dict:
+    """The BatchNorm policy's library keyword arguments from the options of
+    :func:`eval_options`."""
+    return {"bn": options["bn"], "bn_batches": options["bn_batches"],
+            "bn_batch_size": options["bn_batch_size"], "bn_split": options["bn_split"]}
 
 
 def print_table(table: pd.DataFrame, title: str) -> None:
@@ -238,6 +260,6 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         click.echo("! marks a non-finite value (the loss diverged at that point)")
 
 
-__all__ = ["Source", "analysis_kwargs", "data_options", "eval_options", "group_options",
+__all__ = ["Source", "analysis_kwargs", "bn_kwargs", "data_options", "eval_options", "group_options",
            "is_training_run", "model_options", "parse_kwargs", "path_options", "print_table",
            "resolve_source", "source_options", "split_list"]

@@ -8,7 +8,14 @@ import pandas as pd
 
 from ..analyses.robustness import robustness, robustness_summary
 from ..specs import build_data, build_model
-from .options import eval_options, group_options, resolve_source, source_options, split_list
+from .options import (
+    bn_kwargs,
+    eval_options,
+    group_options,
+    resolve_source,
+    source_options,
+    split_list,
+)
 
 
 @click.command("robustness")
@@ -61,7 +68,8 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
         "groups": scheme, "patterns": list(patterns), "layers": split_list(layers) or None,
         "per_tensor": per_tensor, "splits": split_list(options["splits"]) or None,
         "max_examples": options["max_examples"], "batch_size": options["batch_size"],
-        "device": options["device"], "seed": options["seed"], "plots": options["plots"],
+        "device": options["device"], "seed": options["seed"], **bn_kwargs(options),
+        "plots": options["plots"],
     }
     if not src.single_pair:
         kwargs.update(unit=unit, every=every, steps=src.steps, allow_missing=allow_missing)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import LayerLMCError, unknown
+from ..errors import LayerLMCError, did_you_mean, unknown
+
+log = logging.getLogger("layerlmc")
 
 
 @dataclass
@@ -74,6 +77,48 @@ def prepare_splits(
             inputs, labels = inputs[index], labels[index]
         out[name] = Split(name, inputs.to(device), labels.long().to(device))
     return out
+
+
+def statistics_batches(
+    data: Mapping[str, object],
+    split: str = "train",
+    batches: int = 10,
+    batch_size: int = 1024,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """Input batches to estimate BatchNorm statistics from (``--bn recompute``).
+
+    ``batches`` batches of ``batch_size`` examples of ``split``, drawn without replacement in
+    an order fixed by ``seed`` (shuffled, so that a split stored class by class still gives
+    mixed batches). A split too small for that many gives as many full batches as it holds
+    (one smaller batch when it holds fewer than ``batch_size``): a partial batch would weigh
+    as much as a full one in the cumulative average.
+    """
+    if batches < 1:
+        raise LayerLMCError(f"--bn-batches must be positive, got {batches}")
+    if batch_size < 1:
+        raise LayerLMCError(f"--bn-batch-size must be positive, got {batch_size}")
+    if split not in data:
+        raise LayerLMCError(
+            f"--bn recompute draws its batches from split '{split}', which the data does not have"
+            f"{did_you_mean(split, [str(name) for name in data])}; choose one with --bn-split"
+        )
+    inputs, _ = _as_tensors(split, data[split])
+    total = int(inputs.shape[0])
+    if total == 0:
+        raise LayerLMCError(f"split '{split}' is empty")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    count = min(batches, total // batch_size)
+    if count == 0:
+        chunks = [order]
+    else:
+        chunks = list(order[: count * batch_size].split(batch_size))
+    if len(chunks) < batches or count == 0:
+        log.info("--bn recompute: split '%s' holds %d examples; BatchNorm statistics come from "
+                 "%d batch(es) of %d, not %d of %d", split, total, len(chunks),
+                 min(batch_size, total), batches, batch_size)
+    return [inputs[index.to(inputs.device)].to(device) for index in chunks]
 
 
 def _as_tensors(name: str, split: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +13,21 @@ from torch.func import functional_call
 
 from ..errors import LayerLMCError
 from ..layers import tied_keys
+from .batchnorm import (
+    batchnorm_mode,
+    batchnorm_modules,
+    check_policy,
+    describe,
+    fresh_statistics,
+    statistics_keys,
+)
 from .data import Split
+
+log = logging.getLogger("layerlmc")
+
+
+class _Recomputed(dict):
+    """A state whose BatchNorm statistics were recomputed: :meth:`Evaluator.prepare` is done."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +50,25 @@ class Evaluator:
     parameter and buffer name to a tensor on the evaluation device. Logits have the class
     dimension last; labels have the logits' shape without it (one label per example, or per
     token for sequence models).
+
+    ``bn`` is the BatchNorm policy (:mod:`layerlmc.evaluate.batchnorm`). The evaluator applies
+    ``recompute`` (statistics estimated from ``bn_batches``, a sequence of input batches on the
+    device) and ``batch-stats``; ``interpolate`` and ``keep-base`` decide which statistics a
+    state holds, so they are the caller's (:func:`layerlmc.lmc.evaluate_paths`). The model's
+    modes and attributes are restored after every call. ``bn_source`` says where
+    ``bn_batches`` come from, for :attr:`bn_summary`.
     """
 
-    def __init__(self, model: torch.nn.Module, splits: Mapping[str, Split], batch_size: int = 1024):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        splits: Mapping[str, Split],
+        batch_size: int = 1024,
+        *,
+        bn: str = "interpolate",
+        bn_batches: Sequence[torch.Tensor] = (),
+        bn_source: str = "",
+    ):
         if batch_size < 1:
             raise LayerLMCError(f"batch size must be positive, got {batch_size}")
         self.model = model.eval()
@@ -47,25 +79,58 @@ class Evaluator:
         self.device = first.labels.device if first is not None else torch.device("cpu")
         self.batch_size = batch_size
         self._checked: set[str] = set()
+        self.bn = check_policy(bn)
+        self.bn_modules = batchnorm_modules(model)
+        #: the state-dict keys of the running statistics the policy acts on
+        self.bn_keys = statistics_keys(self.bn_modules)
+        self.bn_batches = list(bn_batches) if self.bn == "recompute" and self.bn_modules else []
+        if self.bn != "interpolate" and not self.bn_modules:
+            log.info("--bn %s: the model has no BatchNorm layer with running statistics; "
+                     "the policy changes nothing", self.bn)
+        if self.bn == "recompute" and self.bn_modules and not self.bn_batches:
+            raise LayerLMCError("--bn recompute needs batches of inputs to estimate the "
+                                "BatchNorm statistics from")
+        self.bn_summary = describe(self.bn, bool(self.bn_modules), batches=self.bn_batches,
+                                   source=bn_source, eval_batch_size=batch_size)
+
+    @torch.inference_mode()
+    def prepare(self, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """``state`` as it is evaluated: under ``recompute``, with new running statistics
+        estimated from :attr:`bn_batches` (every other entry is the state's own tensor);
+        otherwise ``state`` itself. Prepare a state once to evaluate it on several splits;
+        :meth:`evaluate` prepares a state that is not."""
+        if not self.bn_batches or isinstance(state, _Recomputed):
+            return state
+        fresh = _Recomputed(fresh_statistics(state, self.bn_modules))
+        # a cumulative average (momentum None): every batch weighs the same, whatever the order
+        with batchnorm_mode(self.bn_modules, momentum=None):
+            for inputs in self.bn_batches:
+                self._forward(fresh, inputs, "", doing="recomputing BatchNorm statistics")
+        return fresh
 
     @torch.inference_mode()
     def evaluate(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
         data = self.splits[split]
+        state = self.prepare(state)
         total_loss = 0.0
         correct = 0
         count = 0
-        for start in range(0, len(data), self.batch_size):
-            inputs = data.inputs[start : start + self.batch_size]
-            labels = data.labels[start : start + self.batch_size]
-            logits = self._forward(state, inputs, split)
-            if split not in self._checked:
-                self._check_labels(split, logits, data.labels)
-            logits = logits.reshape(-1, logits.shape[-1]).float()
-            labels = labels.reshape(-1)
-            # summed, not averaged per batch: a last, smaller batch must not weigh more
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(dim=-1) == labels).sum().item())
-            count += labels.numel()
+        # batch statistics normalise, and nothing is tracked: the stored buffers stay as they are
+        batch_stats = self.bn == "batch-stats" and self.bn_modules
+        mode = batchnorm_mode(self.bn_modules, track=False) if batch_stats else nullcontext()
+        with mode:
+            for start in range(0, len(data), self.batch_size):
+                inputs = data.inputs[start : start + self.batch_size]
+                labels = data.labels[start : start + self.batch_size]
+                logits = self._forward(state, inputs, split)
+                if split not in self._checked:
+                    self._check_labels(split, logits, data.labels)
+                logits = logits.reshape(-1, logits.shape[-1]).float()
+                labels = labels.reshape(-1)
+                # summed, not averaged per batch: a last, smaller batch must not weigh more
+                total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+                correct += int((logits.argmax(dim=-1) == labels).sum().item())
+                count += labels.numel()
         return Metrics(total_loss / count, correct / count, count)
 
     @torch.inference_mode()
@@ -75,15 +140,20 @@ class Evaluator:
             logits = self._forward(state, data.inputs[:2], name)
             self._check_labels(name, logits, data.labels)
 
-    def _forward(self, state: Mapping[str, torch.Tensor], inputs: torch.Tensor, split: str) -> torch.Tensor:
+    def _forward(
+        self, state: Mapping[str, torch.Tensor], inputs: torch.Tensor, split: str, doing: str = "",
+    ) -> torch.Tensor:
         if self._tied_aliases:
             state = {k: v for k, v in state.items() if k not in self._tied_aliases}
         try:
             logits = functional_call(self.model, state, (inputs,))
         except Exception as err:  # noqa: BLE001 - the user's model failing on the user's data
             text = str(err).strip().splitlines()
+            where = doing or f"on split '{split}'"
+            if self.bn in ("recompute", "batch-stats") and self.bn_modules:
+                where += f" (--bn {self.bn}: BatchNorm layers in train mode)"
             raise LayerLMCError(
-                f"the model failed on split '{split}' (inputs of shape {list(inputs.shape)}): "
+                f"the model failed {where} (inputs of shape {list(inputs.shape)}): "
                 f"{type(err).__name__}: {text[0] if text else ''}"
             ) from None
         if not isinstance(logits, torch.Tensor):

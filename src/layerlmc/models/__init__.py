@@ -93,3 +93,7 @@ def cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, hidden: in
 @models.register("deep-cnn", "CNN without normalisation: conv1-6 + fc1 + head (in_channels=1, num_classes=10, width=16)")
 def deep_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, hidden: int = 128) -> DeepCNN:
     return DeepCNN(in_channels, num_classes, width, hidden)
+
+
+# the zoo's larger architectures register themselves on import
+from . import mobilenet, resnet, vgg, vit  # noqa: E402,F401
