@@ -80,25 +80,35 @@ class AugmentConfig(Strict):
     flip: bool = False
 
 
-class TrainConfig(Strict):
-    """N runs (a pair by default) of one model on one dataset, a checkpoint every epoch."""
+#: A run's name; YAML reads `name: 2024` as a number.
+RunName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)]
 
-    name: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)] = "pair"
+
+class Training(Strict):
+    """What every training command shares: where, what model on what data, how it learns."""
+
+    name: RunName = "run"
     out: str | None = Field(None, description="run folder; default runs/<name>")
-    runs: int = Field(2, ge=1, le=26)
-    init: Literal["same", "different"] = "same"
     init_seed: int = 0
-    order_seeds: list[int] | None = Field(None, description="data-order seed per run; default 1..runs")
-    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    eval_max_examples: int | None = Field(10000, ge=1, description="train examples evaluated per epoch")
     eval_batch_size: int = Field(1024, ge=1)
     device: str = "auto"
+
+
+class TrainConfig(Training):
+    """N runs (a pair by default) of one model on one dataset, a checkpoint every epoch."""
+
+    name: RunName = "pair"
+    runs: int = Field(2, ge=1, le=26)
+    init: Literal["same", "different"] = "same"
+    order_seeds: list[int] | None = Field(None, description="data-order seed per run; default 1..runs")
+    epochs: int = Field(10, ge=1)
+    eval_max_examples: int | None = Field(10000, ge=1, description="train examples evaluated per epoch")
 
     def seeds(self) -> list[int]:
         seeds = self.order_seeds or list(range(1, self.runs + 1))
@@ -160,31 +170,21 @@ class MultiModelConfig(Strict):
     enabled: bool = True
 
 
-class FederatedConfig(Strict):
+class FederatedConfig(Training):
     """K clients from one initialization, local training, (partial) averaging each round."""
 
-    name: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)] = "federated"
-    out: str | None = Field(None, description="run folder; default runs/<name>")
+    name: RunName = "federated"
     clients: int = Field(10, ge=1, le=10000)
     rounds: int = Field(10, ge=1)
     local_epochs: int = Field(1, ge=1)
     local_steps: int | None = Field(None, ge=1, description="batches per round instead of local_epochs epochs")
     fraction: float = Field(1.0, gt=0, le=1, description="share of clients that train in a round")
     seed: int = Field(0, description="client sampling and data order")
-    init_seed: int = 0
-    batch_size: int = Field(64, ge=1)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     multimodel: MultiModelConfig = Field(default_factory=MultiModelConfig)
-    eval_batch_size: int = Field(1024, ge=1)
     eval_max_examples: int | None = Field(10000, ge=1, description="global test examples evaluated per round")
     executor: Literal["local"] = "local"
-    device: str = "auto"
 
 
 def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> C:

@@ -10,9 +10,12 @@ setting needs a GPU and the CIFAR-10 files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .analyses import find_checkpoints, trajectory
 from .config import TrainConfig, load_config
@@ -27,6 +30,33 @@ FIGURES = {
 }
 
 
+@dataclass
+class TrainedPair:
+    """A recipe's training run: its folder, a fresh model, the data and both runs' checkpoints
+    by epoch."""
+
+    run: Path
+    config: TrainConfig
+    model: torch.nn.Module
+    data: dict
+    a: dict[int, Path]
+    b: dict[int, Path]
+
+
+def train_pair(
+    config_file: str | Path, out: str | Path, *, epochs: int | None = None, device: str = "auto",
+    progress: bool | None = None, overrides: Sequence[str] = (),
+) -> TrainedPair:
+    """Train (or resume, or reuse) the two runs of ``config_file`` into ``out/<name>``."""
+    overrides = [f"device={device}", *([f"epochs={epochs}"] if epochs else []), *overrides]
+    config: TrainConfig = load_config(TrainConfig, config_file, overrides)
+    run = train_runs(config, Path(out) / config.name, progress=progress)
+    return TrainedPair(
+        run, config, build_model(config.model.name, config.model.args), build_data(config.data.name, config.data.args),
+        find_checkpoints(run / "checkpoints" / "a"), find_checkpoints(run / "checkpoints" / "b"),
+    )
+
+
 def reproduce(
     figure: str, out: str | Path = "runs/reproduce", epochs: int | None = None, every: int = 2,
     max_examples: int = 5000, device: str = "auto", progress: bool | None = None,
@@ -37,19 +67,13 @@ def reproduce(
     """
     if figure not in FIGURES:
         raise unknown("figure", figure, FIGURES)
-    out = Path(out)
-    overrides = [f"device={device}"] + ([f"epochs={epochs}"] if epochs else [])
-    config: TrainConfig = load_config(TrainConfig, CONFIG, overrides)
-    run = train_runs(config, out / config.name, progress=progress)
-    model = build_model(config.model.name, config.model.args)
-    data = build_data(config.data.name, config.data.args)
-    analysis = out / figure
+    pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
+    analysis = Path(out) / figure
     settings = FIGURES[figure]
     barriers, distances = trajectory(
-        model, find_checkpoints(run / "checkpoints" / "a"), find_checkpoints(run / "checkpoints" / "b"), data,
-        analysis, every=every, max_examples=max_examples, device=device, progress=progress,
+        pair.model, pair.a, pair.b, pair.data, analysis, every=every, max_examples=max_examples, device=device, progress=progress,
         layerwise=settings["layerwise"], cumulative=settings["cumulative"],
-        config={"recipe": figure, "training": str(run), "every": every, "max_examples": max_examples,
+        config={"recipe": figure, "training": str(pair.run), "every": every, "max_examples": max_examples,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}},
     )
     return barriers, distances, analysis
@@ -64,18 +88,12 @@ def reproduce_robustness(
     on a fixed test subset. Returns the ``robustness.csv`` table and the analysis folder."""
     from .analyses import robustness
 
-    out = Path(out)
-    overrides = [f"device={device}"] + ([f"epochs={epochs}"] if epochs else [])
-    config: TrainConfig = load_config(TrainConfig, CONFIG, overrides)
-    run = train_runs(config, out / config.name, progress=progress)
-    model = build_model(config.model.name, config.model.args)
-    data = build_data(config.data.name, config.data.args)
-    analysis = out / "robustness"
+    pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
+    analysis = Path(out) / "robustness"
     table = robustness(
-        model, find_checkpoints(run / "checkpoints" / "a"), find_checkpoints(run / "checkpoints" / "b"), data,
-        analysis, samples=samples, every=every, splits=["test"], max_examples=max_examples, device=device,
+        pair.model, pair.a, pair.b, pair.data, analysis, samples=samples, every=every, splits=["test"], max_examples=max_examples, device=device,
         progress=progress,
-        config={"recipe": "robustness", "training": str(run), "every": every, "samples": samples,
+        config={"recipe": "robustness", "training": str(pair.run), "every": every, "samples": samples,
                 "max_examples": max_examples},
     )
     return table, analysis

@@ -690,21 +690,14 @@ def reproduce_subspace(
     and the averaging direction, for the full network (σ in ``sigmas``) and each layer (σ in
     ``layer_sigmas``), on the test split. Returns the table and the analysis folder
     ``out/subspace_<span>``."""
-    from ..config import TrainConfig, load_config
-    from ..specs import build_data, build_model
-    from ..train import train_runs
-    from .trajectory import find_checkpoints
+    from ..recipes import train_pair
 
     if span not in SPANS:
         raise unknown("span", span, SPANS)
     out = Path(out)
-    overrides = [f"device={device}"] + ([f"epochs={epochs}"] if epochs else [])
-    config: TrainConfig = load_config(TrainConfig, CONFIG, overrides)
-    trained = train_runs(config, out / config.name, progress=progress)
-    model = build_model(config.model.name, config.model.args)
-    data = build_data(config.data.name, config.data.args)
-    a_ckpts = find_checkpoints(trained / "checkpoints" / "a")
-    b_ckpts = find_checkpoints(trained / "checkpoints" / "b")
+    pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
+    model, data, config, trained = pair.model, pair.data, pair.config, pair.run
+    a_ckpts, b_ckpts = pair.a, pair.b
     last = max(set(a_ckpts) & set(b_ckpts))
     snapshots = trajectory_snapshots(a_ckpts, b_ckpts) if span == "trajectory" else None
     analysis = out / f"subspace_{span}"
