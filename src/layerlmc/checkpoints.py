@@ -7,9 +7,12 @@ Loading never unpickles arbitrary objects: safetensors files are read as they ar
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,10 +41,59 @@ NESTED_KEYS = (
 #: Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ORDER_METADATA = "layerlmc.key_order"
+log = logging.getLogger("layerlmc")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a state dict was loaded from, when the files say more than the tensors do (a
+    Hugging Face folder's config): lets :func:`check_pair` name the architectures."""
+
+    path: str
+    architecture: str
+    summary: str = ""
+    #: the settings that decide what the model computes, as sorted JSON
+    settings: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.architecture} ({self.summary})" if self.summary else self.architecture
+
+
+#: id(tensor) → (a weak reference to it, its Origin), see :func:`tag_origin`
+_ORIGINS: dict[int, tuple[weakref.ref, Origin]] = {}
+
+
+def tag_origin(state: Mapping[str, torch.Tensor], origin: Origin) -> None:
+    """Remember that the tensors of ``state`` come from ``origin``.
+
+    Kept by tensor rather than on a dict subclass, since callers copy state dicts into plain
+    dicts (``dict(a)``, :func:`reorder_like`) that keep the tensor objects; and beside the
+    tensors rather than as an attribute, which ``torch.save`` would pickle into the file.
+    """
+    for tensor in state.values():
+        key = id(tensor)
+
+        def forget(ref: weakref.ref, key: int = key, origins: dict = _ORIGINS) -> None:
+            # an id is reused only after its tensor is gone: drop the entry of this tensor only
+            if origins.get(key, (None,))[0] is ref:
+                del origins[key]
+
+        _ORIGINS[key] = (weakref.ref(tensor, forget), origin)
+
+
+def origin_of(state: Mapping[str, torch.Tensor]) -> Origin | None:
+    """The :class:`Origin` of a state dict loaded by :func:`load_state_dict`, if it has one."""
+    for tensor in state.values():
+        entry = _ORIGINS.get(id(tensor))
+        if entry is not None and entry[0]() is tensor:
+            return entry[1]
+    return None
 
 
 def load_state_dict(path: str | Path) -> StateDict:
-    """Read a state dict from a safetensors or a weights-only torch file.
+    """Read a state dict from a safetensors or a weights-only torch file, or from a Hugging
+    Face model folder (``config.json`` and its weights; needs ``layerlmc[hf]``, see
+    :func:`layerlmc.hf.load_folder`).
 
     Nested checkpoints (``{"state_dict": ...}``, ``{"model": ...}``, ...) are unwrapped and the
     ``module.`` / ``_orig_mod.`` prefixes stripped. Raises :class:`LayerLMCError` naming the file
@@ -50,6 +102,10 @@ def load_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.exists():
         raise LayerLMCError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        from .hf import load_folder  # transformers only when a folder is given
+
+        return load_folder(path)
     if not path.is_file():
         raise LayerLMCError(f"checkpoint is not a file: {path}")
     if path.suffix == ".safetensors":
@@ -163,12 +219,24 @@ def check_pair(a: StateDict, b: StateDict, expected: Mapping[str, torch.Tensor] 
     if expected is not None:
         for name, state in (("a", a), ("b", b)):
             problems += _compare(name, state, "the model", expected)
+    origin_a, origin_b = origin_of(a), origin_of(b)
+    if origin_a and origin_b and origin_a.architecture != origin_b.architecture:
+        first = f"; first difference: {problems[0]}" if problems else ""
+        raise LayerLMCError(f"checkpoints are different architectures: a is {origin_a} from "
+                            f"{origin_a.path}, b is {origin_b} from {origin_b.path}{first}")
     if problems:
         # de-duplicate while keeping order: the same key often differs from both sides
         seen = dict.fromkeys(problems)
         shown = list(seen)[:6]
         more = f"; and {len(seen) - 6} more" if len(seen) > 6 else ""
-        raise LayerLMCError("checkpoints do not match: " + "; ".join(shown) + more)
+        models = ""
+        if origin_a and origin_b and str(origin_a) != str(origin_b):
+            models = f" (a is {origin_a}, b is {origin_b})"
+        raise LayerLMCError(f"checkpoints do not match{models}: " + "; ".join(shown) + more)
+    if origin_a and origin_b and origin_a.settings != origin_b.settings:
+        log.warning("a (%s) and b (%s) have different configs: %s; the model is built from one of "
+                    "them", origin_a.path, origin_b.path,
+                    _config_difference(origin_a.settings, origin_b.settings))
 
 
 def _compare(name: str, state: Mapping, other_name: str, other: Mapping) -> list[str]:
@@ -189,6 +257,16 @@ def _compare(name: str, state: Mapping, other_name: str, other: Mapping) -> list
             elif x.dtype != y.dtype:
                 problems.append(f"{key}: dtype {x.dtype} in {name} vs {y.dtype} in {other_name}")
     return problems
+
+
+def _config_difference(a: str, b: str) -> str:
+    try:
+        left, right = json.loads(a), json.loads(b)
+    except ValueError:
+        return "(unreadable)"
+    fields = [k for k in dict.fromkeys([*left, *right]) if left.get(k) != right.get(k)]
+    shown = [f"{k} {left.get(k)!r} vs {right.get(k)!r}" for k in fields[:4]]
+    return ", ".join(shown) + (f" (+{len(fields) - 4} more)" if len(fields) > 4 else "")
 
 
 def _keys(keys: list[str]) -> str:

@@ -1,10 +1,12 @@
 """Models and data named on the command line: a registered name, ``FILE.py:FUNC`` or
-``package.module:FUNC``, with ``key=value`` keyword arguments."""
+``package.module:FUNC``, with ``key=value`` keyword arguments; models also ``hf:PATH``, a
+Hugging Face model folder (:mod:`layerlmc.hf`)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import functools
 import inspect
 import os
 import sys
@@ -15,6 +17,7 @@ import torch
 import yaml
 
 from . import data as _builtin_data  # noqa: F401  (registers the built-in datasets)
+from . import hf as _hf  # noqa: F401  (registers hf-text; imports transformers only when used)
 from . import models as _builtin_models  # noqa: F401
 from .errors import LayerLMCError, did_you_mean
 from .registry import Registry, datasets, models
@@ -101,7 +104,14 @@ def _call(func: Callable, kwargs: Mapping[str, object], spec: str):
 
 
 def build_model(spec: str, kwargs: Mapping[str, object] | None = None) -> torch.nn.Module:
-    model = _call(resolve_callable(spec, models), kwargs or {}, spec)
+    if spec.startswith(_hf.SPEC_PREFIX):
+        folder = spec[len(_hf.SPEC_PREFIX):]
+        if not folder:
+            raise LayerLMCError("'hf:' names no folder; give hf:PATH, a Hugging Face model folder")
+        factory = functools.partial(_hf.build_model, folder)
+    else:
+        factory = resolve_callable(spec, models)
+    model = _call(factory, kwargs or {}, spec)
     if not isinstance(model, torch.nn.Module):
         raise LayerLMCError(f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module")
     return model
