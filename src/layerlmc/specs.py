@@ -4,9 +4,9 @@ Hugging Face model folder (:mod:`layerlmc.hf`)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
-import functools
 import inspect
 import os
 import sys
@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from . import data as _builtin_data  # noqa: F401  (registers the built-in datasets)
-from . import hf as _hf  # noqa: F401  (registers hf-text; imports transformers only when used)
+from . import hf as _hf  # registers hf-text; imports transformers only when used
 from . import models as _builtin_models  # noqa: F401
 from .errors import LayerLMCError, did_you_mean
 from .registry import Registry, datasets, models

@@ -253,7 +253,7 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
             for name in names:
                 save_state_dict(init, round_checkpoint(folder, name, 0))
             save_state_dict(init, round_checkpoint(folder, AVERAGE, 0))
-        _log_round(folder, 0, names, states, init, evaluator, test_name, logged, participated=set(), losses={})
+        initial = _log_round(folder, 0, names, states, init, evaluator, test_name, logged, participated=set(), losses={})
         if done:
             log.info("%s: resuming after round %d of %d", folder, done, config.rounds)
         local_training = LocalTraining(config, device)
@@ -282,6 +282,10 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
             record = _log_round(folder, round_, names, states, average, evaluator, test_name, logged,
                                 participated=set(chosen), losses=losses)
             bar.set_postfix(local_acc=f"{record['mean']:.3f}", global_acc=f"{record['global']:.3f}")
+            if round_ >= 2 and record["mean"] <= initial["mean"] + 0.01:
+                # dead shared layers make every later number (and every barrier) meaningless
+                log.warning("round %d: the clients' local accuracy (%.3f) is still at its initial %.3f; "
+                            "lower optimizer.lr or add a warmup", round_, record["mean"], initial["mean"])
             log.info("round %d/%d: clients' local test accuracy %.4f ± %.4f, average's test accuracy %.4f (%.0f s)",
                      round_, config.rounds, record["mean"], record["std"], record["global"],
                      time.perf_counter() - began)
