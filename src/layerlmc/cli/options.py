@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,13 @@ def source_options(out_help: str, every_default: int | None = 1, files: bool = F
                      help="Analyse exactly these steps (comma-separated)."),
         click.option("--allow-missing", is_flag=True,
                      help="Analyse the common steps when some have no partner."),
-        click.option("--unit", default="epoch", show_default=True,
-                     type=click.Choice(["epoch", "round", "iter", "step"])),
+        click.option("--unit", default=None, type=click.Choice(UNITS),
+                     help="What a step counts [default: the checkpoint names' prefix "
+                          "(round_0003 → round), else epoch]."),
     )
+
+
+UNITS = ("epoch", "round", "iter", "step")
 
 
 def is_training_run(folder: Path) -> bool:
@@ -165,6 +170,16 @@ class Source:
     @property
     def single_pair(self) -> bool:
         return not isinstance(self.a, dict)
+
+    @property
+    def unit(self) -> str:
+        """The unit the checkpoint names share (``round_0003.safetensors`` → ``round``), else
+        ``epoch``."""
+        if self.single_pair:
+            return "epoch"
+        prefixes = {re.match(r"[a-z]*", p.stem.lower()).group() for p in self.a.values()}
+        found = prefixes.pop() if len(prefixes) == 1 else ""
+        return found if found in UNITS else "epoch"
 
 
 def resolve_source(

@@ -63,6 +63,7 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
     """
     src = resolve_source(source, source_b, pair, model_spec, model_args, data_spec, data_args,
                          out, steps, default_out="robustness", files=True)
+    unit = unit or src.unit
     kwargs = {
         "samples": samples, "alphas": alphas, "at": at, "bases": split_list(bases),
         "groups": scheme, "patterns": list(patterns), "layers": split_list(layers) or None,

@@ -40,6 +40,7 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
     """
     src = resolve_source(source, source_b, pair, model_spec, model_args, data_spec, data_args,
                          out, steps, default_out="analysis")
+    unit = unit or src.unit
     kwargs = analysis_kwargs(options)
     config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
               "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
