@@ -248,3 +248,14 @@ def test_import_stays_light():
     code = ("import sys, layerlmc, layerlmc.specs, layerlmc.cli.main; "
             "assert 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_defaults_to_folder_a(hf, tmp_path, capsys):
+    out = tmp_path / "implicit"
+    assert main(["barriers", str(hf["neox_a"]), str(hf["neox_b"]), *_data_args(hf, hf["neox_a"]),
+                 "--out", str(out), "--no-plots", "--alphas", "0,0.5,1"]) == 0
+    assert "gpt_neox.layers.0.attention.query_key_value" in (out / "barriers.csv").read_text()
+    capsys.readouterr()
+    assert main(["barriers", str(hf["text"]), str(hf["neox_b"]), *_data_args(hf, hf["neox_a"]),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "Missing option '--model'" in capsys.readouterr().err

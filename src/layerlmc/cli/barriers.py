@@ -25,7 +25,7 @@ from .options import (
 @click.command("barriers")
 @click.argument("checkpoint_a", metavar="A", type=click.Path(path_type=Path))
 @click.argument("checkpoint_b", metavar="B", type=click.Path(path_type=Path))
-@model_options()
+@model_options(required=False)
 @data_options()
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder; rerunning with the same folder evaluates only what is missing.")
@@ -36,11 +36,20 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
                      extrapolate, **options) -> None:
     """Full-network, layer-wise and cumulative barriers between checkpoints A and B.
 
+    --model may be left out when A is a Hugging Face model folder (it then is hf:A).
+
     \b
-    Example:
+    Examples:
       layerlmc barriers A.pt B.pt --model my_models.py:make_net \\
           --data my_data.py:make_splits --out runs/ab --cumulative shallow --cumulative deep
+      layerlmc barriers pythia_a/ pythia_b/ --data hf-text --data-arg tokenizer=pythia_a --out runs/hf
     """
+    if model_spec is None:
+        from ..hf import is_hf_folder
+
+        if not is_hf_folder(checkpoint_a):
+            raise click.UsageError("Missing option '--model' (needed unless A is a Hugging Face model folder).")
+        model_spec = f"hf:{checkpoint_a}"
     model_kwargs = parse_kwargs(model_args, "--model-arg")
     data_kwargs = parse_kwargs(data_args, "--data-arg")
     kwargs = analysis_kwargs(options)
