@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -51,6 +50,16 @@ DATA_FILE = textwrap.dedent(
         return {"train": split(n_train), "test": split(n_test)}
     """
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests run tiny models: one thread is as fast, and on a busy machine several threads per
+    process fight over the cores and make each small operation tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -53,14 +53,6 @@ def _neox(**extra):
         intermediate_size=64, max_position_embeddings=64, **extra)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # models this small gain nothing from threads, and lose much on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):

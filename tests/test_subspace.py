@@ -29,16 +29,6 @@ from layerlmc.evaluate.plain import Evaluator
 from layerlmc.models import mlp
 from layerlmc.train import train_runs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matrices: on a busy machine extra threads only wait for each other
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_DATA = {"n_samples": 90, "n_features": 6, "seed": 3}
 TINY_MODEL = {"in_features": 6, "hidden": [8, 8], "num_classes": 3}
 
