@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from ..config import FederatedConfig, load_config
 from ..train.federated import federate, round_summary
@@ -29,6 +30,11 @@ def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None)
     """
     settings = load_config(FederatedConfig, config, overrides)
     folder = federate(settings, out)
+    clients = pd.read_csv(folder / "clients.csv")
+    click.echo("clients: local train / test examples, classes seen, aggregation weight")
+    click.echo(clients[["name", "n_train", "n_test", "classes", "weight"]].to_string(
+        index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo("")
     table = round_summary(folder).set_index("round")
     click.echo("per round: clients' accuracy on their own test data (mean, std) and the average model's")
     click.echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
