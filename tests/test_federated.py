@@ -57,6 +57,13 @@ def test_aggregate_of_identical_states_is_the_identity():
     assert all(torch.equal(out[k], state[k]) and out[k].dtype == state[k].dtype for k in state)
 
 
+def test_aggregate_of_identical_float64_states_is_exact():
+    torch.manual_seed(1)
+    state = {"w": torch.randn(1000, dtype=torch.float64), "h": torch.randn(50).half()}
+    out = aggregate([state, state, state], [0.1, 0.2, 0.7])
+    assert torch.equal(out["w"], state["w"]) and torch.equal(out["h"], state["h"])
+
+
 def test_aggregate_weighted_by_hand():
     states = [_state(1.0), _state(4.0), _state(10.0)]
     out = aggregate(states, [1, 1, 2])
@@ -124,6 +131,10 @@ def test_participants_are_a_seeded_fraction():
     assert len(first) == 3 and first == participants(config, 1)
     assert any(participants(config, r) != first for r in range(2, 6))
     assert participants(FederatedConfig(clients=4), 1) == [0, 1, 2, 3]
+    # ⌊C·K⌋ as FedAvg, at least one
+    assert len(participants(FederatedConfig(clients=10, fraction=0.25), 1)) == 2
+    assert len(participants(FederatedConfig(clients=100, fraction=0.29), 1)) == 29
+    assert len(participants(FederatedConfig(clients=3, fraction=0.1), 1)) == 1
 
 
 def _final_states(folder, clients=3, round_=2):
@@ -191,6 +202,56 @@ def test_federate_resumes_to_identical_weights(tmp_path, fed_config, monkeypatch
         assert all(torch.equal(a[k], b[k]) for k in a)
     history = (resumed / "history.jsonl").read_text().splitlines()
     assert len(history) == len((clean / "history.jsonl").read_text().splitlines())
+
+    # killed after round 2's history but before its average (the mark of a complete round)
+    saved = federated.save_state_dict
+
+    def killed_saving_the_average(state, path):
+        if path.parent.name == "average" and path.stem == "round_0002":
+            raise KeyboardInterrupt
+        return saved(state, path)
+
+    monkeypatch.setattr(federated, "save_state_dict", killed_saving_the_average)
+    with pytest.raises(KeyboardInterrupt):
+        federate(config, tmp_path / "late", progress=False)
+    monkeypatch.setattr(federated, "save_state_dict", saved)
+    late = federate(config, tmp_path / "late", progress=False)
+    for a, b in zip(_final_states(clean), _final_states(late)):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert round_summary(late).equals(round_summary(clean))
+
+
+def test_local_steps_replace_local_epochs(tmp_path, fed_config, monkeypatch):
+    calls = []
+    original = federated.train_epoch
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("batches"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(federated, "train_epoch", counting)
+    config = load_config(FederatedConfig, {**fed_config, "rounds": 1, "local_epochs": 3, "local_steps": 2,
+                                           "multimodel": {"enabled": False}})
+    federate(config, tmp_path / "steps", progress=False)
+    assert calls == [2, 2, 2]  # one pass of two batches per client, not three
+
+
+def test_multi_model_barriers_use_the_aggregation_weights():
+    from layerlmc.analyses.multimodel import multi_model_barriers
+
+    def record(kind, base, loss, group="full", index=None):
+        return {"step": 1, "unit": "round", "kind": kind, "group": group, "group_index": index,
+                "base": base, "split": "test", "loss": loss, "accuracy": 0.5}
+
+    records = [record("endpoint", "c0", 1.0), record("endpoint", "c1", 3.0), record("full", None, 4.0),
+               record("group", "c0", 2.0, "fc1", 0), record("group", "c1", 6.0, "fc1", 0)]
+    table = multi_model_barriers(records, {"c0": 0.75, "c1": 0.25}).set_index(["group", "metric"])
+    # clients' mean 0.75·1 + 0.25·3 = 1.5; the group-averaged clients 0.75·2 + 0.25·6 = 3
+    assert table.loc[("full", "loss"), "value"] == pytest.approx(4.0 - 1.5)
+    assert table.loc[("fc1", "loss"), "value"] == pytest.approx(3.0 - 1.5)
+    assert table.loc[("fc1", "error"), "value"] == pytest.approx(0.0)
+    equal = multi_model_barriers(records).set_index(["group", "metric"])
+    assert equal.loc[("full", "loss"), "value"] == pytest.approx(4.0 - 2.0)
 
 
 def test_federate_cli_and_bad_input(tmp_path, fed_config, capsys):

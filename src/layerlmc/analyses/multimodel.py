@@ -4,9 +4,12 @@ With two models the barrier at α=½ compares the midpoint with the mean of the 
 clients the natural counterpart compares the weighted average θ̄ = Σ w_k θ_k with the mean of
 the clients' metrics:
 
-- ``full``: M(θ̄) − mean_k M(θ_k);
-- ``group`` g: mean_k M(θ_k with group g taken from θ̄) − mean_k M(θ_k), the layer-wise version:
-  each client averages only that group, the rest of its network stays its own.
+- ``full``: M(θ̄) − Σ_k w_k M(θ_k);
+- ``group`` g: Σ_k w_k M(θ_k with group g taken from θ̄) − Σ_k w_k M(θ_k), the layer-wise
+  version: each client averages only that group, the rest of its network stays its own.
+
+The weights w_k are those of the average (the run's aggregation weights over all K clients),
+so two equally weighted clients give the midpoint barrier.
 
 Records go to ``points.jsonl`` like every analysis (DESIGN.md §4), with ``base`` naming the
 client whose other tensors a point uses (``kind=endpoint``: the client itself; ``kind=group``:
@@ -50,12 +53,10 @@ def multi_model_points(
     aggregation weights in the same order. With ``run``, stored records are reused and new
     ones appended as they are evaluated.
     """
-    from ..train.federated import aggregate
+    from ..train.federated import full_average
 
     names = list(states)
-    average = aggregate(list(states.values()), weights)
-    first = states[names[0]]
-    average = {k: average.get(k, v) for k, v in first.items()}
+    average = full_average(list(states.values()), weights)
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
     todo = [("endpoint", None, name) for name in names] + [("full", None, None)]
     todo += [("group", group, name) for group in groups for name in names]
@@ -95,31 +96,42 @@ def _record(kind: str, group: LayerGroup | None, client: str | None, split: str,
     }
 
 
-def multi_model_barriers(records: Sequence[Mapping]) -> pd.DataFrame:
+def multi_model_barriers(records: Sequence[Mapping], weights: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The ``multimodel.csv`` table from point records: per step, split and metric, the full
-    average's barrier and every group's, against the unweighted mean over clients."""
+    average's barrier and every group's against the clients' mean.
+
+    Means over clients use ``weights`` (client name → aggregation weight; equal weights when
+    None), the weights of the average itself: with two equally weighted clients this is the
+    midpoint barrier.
+    """
     frame = pd.DataFrame(list(records))
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame["error"] = 1.0 - frame["accuracy"]
+    # the full average's record has no client (base null, read back as NaN)
+    frame["weight"] = [weights[b] if weights is not None and isinstance(b, str) else 1.0 for b in frame["base"]]
     frame["step"] = frame["step"].astype("Int64")
     rows = []
     for (step, split), part in frame.groupby(["step", "split"], sort=True, dropna=False):
         unit = part["unit"].iloc[0]
         clients = part[part["kind"] == "endpoint"]
         for metric in ("loss", "error"):
-            mean = float(clients[metric].mean())
+            mean = _weighted(clients, metric)
             full = part[part["kind"] == "full"]
             if not full.empty:
                 value = float(full[metric].iloc[0])
                 rows.append(_row(step, unit, "full", "full", None, split, metric, value, mean))
             groups = part[part["kind"] == "group"]
             for (index, group), of_group in groups.groupby(["group_index", "group"], sort=True):
-                value = float(of_group[metric].mean())
+                value = _weighted(of_group, metric)
                 rows.append(_row(step, unit, "group", group, int(index), split, metric, value, mean))
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["group_index"] = table["group_index"].astype("Int64")
     return table
+
+
+def _weighted(rows: pd.DataFrame, metric: str) -> float:
+    return float((rows[metric] * rows["weight"]).sum() / rows["weight"].sum())
 
 
 def _row(step, unit, kind, group, index, split, metric, average, mean) -> dict:
@@ -175,7 +187,7 @@ def analyse_federated_run(
                       for n in names}
             records += multi_model_points(evaluator, states, weights, groups, step=round_, unit="round", run=run,
                                           progress=progress)
-    table = multi_model_barriers(records)
+    table = multi_model_barriers(records, dict(zip(names, weights)))
     run.write_file("multimodel.csv", table.to_csv(index=False))
     plot_multimodel(table, run.figures)
     run.finish("complete")

@@ -44,7 +44,7 @@ from ..executors import get_executor
 from ..layers import LayerGroup, layer_groups, tied_keys
 from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
-from .runner import NOT_WEIGHTS, claim_training, make_optimizer, save_optimizer, train_epoch
+from .runner import NOT_WEIGHTS, claim_training, make_optimizer, read_history, save_optimizer, train_epoch
 
 log = logging.getLogger("layerlmc")
 AVERAGE = "average"
@@ -60,8 +60,8 @@ def aggregate(
     ``keys`` defaults to every key any state has. Each key is averaged over the clients that
     send it, with their weights normalised over those clients only; integer tensors (e.g.
     BatchNorm's ``num_batches_tracked``) are never blended and are left out of the result.
-    Accumulates in float64 and returns each tensor in its own dtype, so identical states give
-    back exactly the same tensors. Pure: no input is modified.
+    Accumulates in float64 and returns each tensor in its own dtype; identical states give back
+    exactly the same tensors. Pure: no input is modified.
     """
     if len(states) != len(weights):
         raise LayerLMCError(f"aggregate: {len(states)} states but {len(weights)} weights")
@@ -74,9 +74,17 @@ def aggregate(
         if not senders or not senders[0][0].is_floating_point():
             continue
         total = math.fsum(w for _, w in senders)
-        mean = sum(t.double() * (w / total) for t, w in senders)
+        # base + Σ w·(t − base): identical tensors give back base exactly, whatever the dtype
+        base = senders[0][0].double()
+        mean = base + sum((t.double() - base) * (w / total) for t, w in senders)
         averaged[key] = mean.to(senders[0][0].dtype)
     return averaged
+
+
+def full_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> StateDict:
+    """Every key of the first state: floating keys averaged, integer buffers the first state's."""
+    averaged = aggregate(states, weights)
+    return {k: averaged.get(k, own) for k, own in states[0].items()}
 
 
 def client_weights(sizes: Sequence[int], batch_size: int, mode: str) -> list[float]:
@@ -172,10 +180,12 @@ class LocalTraining:
         if task.optimizer_state is not None:
             optimizer.load_state_dict(task.optimizer_state)
         seed = config.seed * 1_000_003 + task.client
-        total_epochs = config.rounds * config.local_epochs
+        # local_steps replaces local_epochs: one pass of that many batches per round
+        passes = 1 if config.local_steps else config.local_epochs
+        total_epochs = config.rounds * passes
         losses = []
-        for local in range(1, config.local_epochs + 1):
-            epoch = (task.round - 1) * config.local_epochs + local
+        for local in range(1, passes + 1):
+            epoch = (task.round - 1) * passes + local
             _, loss = train_epoch(model, optimizer, task.train, config, seed, epoch, total_epochs,
                                   where=f"client {task.client} in round {task.round}", batches=config.local_steps)
             losses.append(loss)
@@ -196,8 +206,9 @@ def optimizers_path(folder: Path, round_: int) -> Path:
 
 
 def participants(config: FederatedConfig, round_: int) -> list[int]:
-    """The clients that train in a round: all, or a seeded sample of ``fraction`` of them."""
-    count = max(1, round(config.fraction * config.clients))
+    """The clients that train in a round: all, or a seeded sample of ⌊``fraction``·K⌋ (at least one)."""
+    # floor, as FedAvg's max(⌊C·K⌋, 1); the epsilon keeps 0.29 × 100 at 29
+    count = max(1, math.floor(config.fraction * config.clients + 1e-9))
     if count >= config.clients:
         return list(range(config.clients))
     generator = torch.Generator().manual_seed(config.seed * 7_919 + round_)
@@ -253,7 +264,8 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
             for name in names:
                 save_state_dict(init, round_checkpoint(folder, name, 0))
             save_state_dict(init, round_checkpoint(folder, AVERAGE, 0))
-        initial = _log_round(folder, 0, names, states, init, evaluator, test_name, logged, participated=set(), losses={})
+        initial = _log_round(folder, 0, names, [init] * len(names), init, evaluator, test_name, logged,
+                             participated=set(), losses={})
         if done:
             log.info("%s: resuming after round %d of %d", folder, done, config.rounds)
         local_training = LocalTraining(config, device)
@@ -271,16 +283,14 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
             for name, state in zip(names, states):
                 save_state_dict(state, round_checkpoint(folder, name, round_))
             save_optimizer({n: o for n, o in zip(names, optimizers) if o is not None}, optimizers_path(folder, round_))
-            average = aggregate([states[i] for i in chosen], [weights[i] for i in chosen])
-            # integer buffers are not blended: the average keeps the first participant's
-            average = {k: average.get(k, own) for k, own in states[chosen[0]].items()}
-            # the average's checkpoint is written last: its presence marks the round complete
-            save_state_dict(average, round_checkpoint(folder, AVERAGE, round_))
-            optimizers_path(folder, round_ - 1).unlink(missing_ok=True)
+            average = full_average([states[i] for i in chosen], [weights[i] for i in chosen])
             shared = round_keys(groups, config.aggregate.strategy, round_)
             states = [{**state, **{k: average[k] for k in shared}} for state in states]
             record = _log_round(folder, round_, names, states, average, evaluator, test_name, logged,
                                 participated=set(chosen), losses=losses)
+            # the average's checkpoint comes after the history: its presence marks the round complete
+            save_state_dict(average, round_checkpoint(folder, AVERAGE, round_))
+            optimizers_path(folder, round_ - 1).unlink(missing_ok=True)
             bar.set_postfix(local_acc=f"{record['mean']:.3f}", global_acc=f"{record['global']:.3f}")
             if round_ >= 2 and record["mean"] <= initial["mean"] + 0.01:
                 # dead shared layers make every later number (and every barrier) meaningless
@@ -319,18 +329,7 @@ def _resume(folder, names, init, weights, groups, strategy, device):
 
 def read_federated_history(folder: str | Path) -> list[dict]:
     """``history.jsonl`` of a federated run, the last record per (round, model, split)."""
-    import json
-
-    path = Path(folder) / "history.jsonl"
-    latest: dict[tuple, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                latest[(record["round"], record["model"], record["split"])] = record
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line of a killed run; that round is evaluated again
-    return sorted(latest.values(), key=lambda r: (r["round"], r["model"], r["split"]))
+    return read_history(Path(folder), key=("round", "model", "split"))
 
 
 def _log_round(folder, round_, names, states, average, evaluator, test_name, logged, participated, losses) -> dict:

@@ -120,7 +120,8 @@ def resume_epoch(folder: Path, role: str) -> int | None:
     return None
 
 
-def read_history(folder: Path) -> list[dict]:
+def read_history(folder: Path, key: tuple[str, ...] = ("role", "epoch")) -> list[dict]:
+    """``history.jsonl``: the last record per ``key``, sorted by it."""
     path = Path(folder) / "history.jsonl"
     if not path.exists():
         return []
@@ -128,10 +129,10 @@ def read_history(folder: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
-            latest[(record["role"], record["epoch"])] = record
+            latest[tuple(record[k] for k in key)] = record
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line of a killed run; that epoch is evaluated again
-    return sorted(latest.values(), key=lambda r: (r["role"], r["epoch"]))
+    return sorted(latest.values(), key=lambda r: tuple(r[k] for k in key))
 
 
 def _train_one(config, folder, role, seed, model, train, evaluation, progress) -> None:
