@@ -133,7 +133,9 @@ def reproduce_table1(
     from .config import FederatedConfig
     from .train.federated import federate, round_summary
 
-    folder = Path(out) / "table1"
+    # settings other than the defaults get their own folder: a run folder refuses another config
+    folder = Path(out) / "".join(["table1", f"_rounds{rounds}" if rounds else "",
+                                  f"_examples{max_examples}" if max_examples else ""])
     rows = []
     for split, split_overrides in TABLE1_PARTITIONS.items():
         for strategy, strategy_overrides in TABLE1_STRATEGIES.items():

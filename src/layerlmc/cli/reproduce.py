@@ -12,6 +12,8 @@ RECIPES = {
     "fig3": "cumulative averaging from the input and from the output side (same training run as fig1)",
     "fig4": "the toy deep linear network: full path vs one layer at a time (exact numbers)",
     "robustness": "averaging direction vs random directions per layer (same training run as fig1)",
+    "lm": "two character GPTs on the Jargon File: layer-wise and cumulative barriers over training",
+    "vit": "a pair of ViTs on Fashion-MNIST: each weight tensor interpolated alone vs random directions",
     "subspace": "noise in the span, null space and averaging direction of two MLPs (PAPER.md §4.2)",
     "table1": "federated full vs partial aggregation under two non-iid splits (14 federated runs)",
 }
@@ -20,31 +22,47 @@ RECIPES = {
 @click.command("reproduce")
 @click.argument("study", type=click.Choice(sorted(RECIPES)), metavar="STUDY")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3/robustness: train for this many epochs [default: 10].")
-@click.option("--every", type=click.IntRange(min=1), default=2, show_default=True, help="fig1/fig3/robustness: analyse every N-th epoch.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3/robustness/vit/lm: train for this many epochs [default: 10; vit 5; lm 8].")
+@click.option("--every", type=click.IntRange(min=1), default=None,
+              help="fig1/fig3/robustness/lm: analyse every N-th epoch [default: 2; lm 1].")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="fig1/fig3: examples per split in the barrier evaluations [default: 5000]; "
-                   "robustness: test examples [default: 2000]; "
+                   "robustness: test examples [default: 2000]; vit: test examples [default: 1024]; "
+                   "lm: test windows [default: 128]; "
                    "table1: training images dealt to the clients [default: 12000].")
-@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="robustness: random directions per group, base and epoch.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="robustness, vit: random directions per group (tensor), base and epoch "
+                   "[default: robustness 5, vit 3].")
 @click.option("--span", type=click.Choice(["final", "trajectory"]), default="final", show_default=True,
               help="subspace: the span of the two final weight vectors (the published plots) or of "
                    "every epoch's weights (the intended training subspace).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="table1: federated rounds [default: 10].")
 @click.option("--device", default="auto", show_default=True)
-def reproduce_command(study: str, out: Path, epochs: int | None, every: int, max_examples: int | None,
-                      samples: int, span: str, rounds: int | None, device: str) -> None:
+def reproduce_command(study: str, out: Path, epochs: int | None, every: int | None, max_examples: int | None,
+                      samples: int | None, span: str, rounds: int | None, device: str) -> None:
     """Reproduce a study of the paper at a scale that fits two CPU cores (STUDY below)."""
     if study in FIGURES:
-        table, _, analysis = reproduce(study, out, epochs=epochs, every=every, max_examples=max_examples or 5000,
+        table, _, analysis = reproduce(study, out, epochs=epochs, every=every or 2, max_examples=max_examples or 5000,
                                        device=device)
         report_trajectory(table, analysis, "midpoint", "models")
     elif study == "robustness":
         from .robustness import report_robustness
 
-        table, analysis = reproduce_robustness(out, epochs=epochs, every=every, samples=samples,
+        table, analysis = reproduce_robustness(out, epochs=epochs, every=every or 2, samples=samples or 5,
                                                max_examples=max_examples or 2000, device=device)
+        report_robustness(table, analysis, at=0.5)
+    elif study == "lm":
+        from ..recipes_lm import reproduce_lm
+
+        table, _, analysis = reproduce_lm(out, epochs=epochs, every=every or 1,
+                                          max_examples=max_examples or 128, device=device)
+        report_trajectory(table, analysis, "midpoint", "models")
+    elif study == "vit":
+        from ..recipes_vit import reproduce_vit
+        from .robustness import report_robustness
+
+        table, analysis = reproduce_vit(out, epochs=epochs, samples=samples or 3, max_examples=max_examples or 1024,
+                                        device=device)
         report_robustness(table, analysis, at=0.5)
     elif study == "subspace":
         from ..analyses.subspace import reproduce_subspace

@@ -139,7 +139,20 @@ def load_split(split: str, folder: Path | None = None, normalize: bool = True) -
     return load_idx_split(folder or find_dir(), split, "Fashion-MNIST", MEAN, STD, normalize)
 
 
-@datasets.register("fashion-mnist", "Fashion-MNIST train (60k) / test (10k), 1×28×28, 10 classes")
-def fashion_mnist(normalize: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+@datasets.register("fashion-mnist", "Fashion-MNIST train (60k) / test (10k), 1×28×28, 10 classes "
+                                    "(train_examples=N: a seeded subset of the train split)")
+def fashion_mnist(
+    normalize: bool = True, train_examples: int | None = None, seed: int = 0,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The two splits; with ``train_examples``, a seeded subset of the training images (in data
+    order) for training at CPU scale; the test split stays whole."""
     folder = find_dir()
-    return {split: load_split(split, folder, normalize) for split in FILES}
+    data = {split: load_split(split, folder, normalize) for split in FILES}
+    if train_examples is not None:
+        images, labels = data["train"]
+        if not 1 <= train_examples <= len(labels):
+            raise LayerLMCError(f"train_examples must be between 1 and {len(labels)}, got {train_examples}")
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(len(labels), generator=generator)[:train_examples].sort().values
+        data["train"] = (images[chosen], labels[chosen])
+    return data

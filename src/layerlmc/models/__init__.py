@@ -96,4 +96,4 @@ def deep_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16, hidde
 
 
 # the zoo's larger architectures register themselves on import
-from . import mobilenet, resnet, vgg, vit  # noqa: E402,F401
+from . import gpt, mobilenet, resnet, vgg, vit  # noqa: F401
