@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .plots_trajectory import _save  # PNG and PDF, each written atomically
+
 DPI = 150
 #: Path colours of the toy figure (the same in both panels).
 TOY_COLORS = {"full": "black", "w1": "tab:red", "w2": "tab:blue"}
@@ -150,18 +152,3 @@ def plot_toy(
 
 def _base(value) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-
-
-def _save(fig, stem: Path, dpi: int) -> list[Path]:
-    """``stem.png`` and ``stem.pdf``, each written to a temporary name and then moved in place."""
-    written = []
-    try:
-        for suffix in (".png", ".pdf"):
-            path = stem.with_name(stem.name + suffix)
-            tmp = stem.with_name(stem.name + ".tmp" + suffix)
-            fig.savefig(tmp, dpi=dpi)
-            tmp.replace(path)
-            written.append(path)
-    finally:
-        plt.close(fig)
-    return written

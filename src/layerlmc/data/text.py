@@ -229,16 +229,7 @@ def text(
     return text_splits(path, seq_len, train_windows, test_windows, seed, test_fraction, vocab_size)
 
 
-@datasets.register(
+# the built-in corpus under its own name: the same function, whose default path is the Jargon File
+datasets.register(
     "jargon", "the Jargon File (Debian jargon-text) as char-level next-token windows, "
-    "155 characters (seq_len=128, train_windows=4096, test_windows=512, seed=0)")
-def jargon(
-    path: str = str(JARGON_PATH),
-    seq_len: int = 128,
-    train_windows: int = 4096,
-    test_windows: int = 512,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    vocab_size: int | None = None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return text_splits(path, seq_len, train_windows, test_windows, seed, test_fraction, vocab_size)
+    "155 characters (seq_len=128, train_windows=4096, test_windows=512, seed=0)")(text)
