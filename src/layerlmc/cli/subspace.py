@@ -19,10 +19,9 @@ from ..analyses.subspace import (
     summarise,
     trajectory_snapshots,
 )
-from ..analyses.trajectory import find_checkpoints
 from ..errors import LayerLMCError
 from ..specs import build_data, build_model
-from .options import group_options, split_list
+from .options import group_options, is_training_run, resolve_source, split_list
 
 
 @click.command("subspace")
@@ -94,38 +93,29 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
       layerlmc subspace runs/subspace_synthetic --span trajectory --every 5 --samples 3
       layerlmc subspace runs/pair --sigma 0:2:21 --coefficients gaussian --max-examples 2000
     """
-    config_file, checkpoints = source / "config.yaml", source / "checkpoints"
-    if not (config_file.is_file() and checkpoints.is_dir()):
+    if not is_training_run(Path(source)):
         raise LayerLMCError(
             f"{source} is not a training run folder (config.yaml and checkpoints/); for other "
             "checkpoints call layerlmc.analyses.subspace.subspace() from Python"
         )
-    trained = yaml.safe_load(config_file.read_text()) or {}
-    roles = split_list((pair,))
-    if len(roles) != 2:
-        raise LayerLMCError(f"--pair needs two run names such as a,b; got '{pair}'")
-    runs = []
-    for role in roles:
-        if not (checkpoints / role).is_dir():
-            present = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
-            raise LayerLMCError(f"{source} has no run '{role}' (runs: {', '.join(present)})")
-        runs.append(find_checkpoints(checkpoints / role))
+    src = resolve_source(str(source), None, pair, None, (), None, (), out, None,
+                         default_out="subspace" if span == "final" else f"subspace_{span}")
+    roles, runs, unit = split_list((pair,)), [src.a, src.b], src.unit
     common = sorted(set(runs[0]) & set(runs[1]))
     if not common:
-        raise LayerLMCError(f"runs {roles[0]} and {roles[1]} of {source} have no epoch in common")
+        raise LayerLMCError(f"runs {roles[0]} and {roles[1]} of {source} have no {unit} in common")
     if step is None:
         step = common[-1]
     elif step not in common:
-        raise LayerLMCError(f"no checkpoints of both runs for epoch {step}; available: "
+        raise LayerLMCError(f"no checkpoints of both runs for {unit} {step}; available: "
                             f"{common[0]}..{common[-1]}")
     snapshots = (trajectory_snapshots(runs[0], runs[1], step, every, with_init)
                  if span == "trajectory" else None)
-    data_section = trained.get("data", {})
-    chosen_splits = split_list(splits) or [data_section.get("test_split", "test")]
-    out = out or source / ("subspace" if span == "final" else f"subspace_{span}")
-    model_section = trained.get("model", {})
-    model = build_model(model_section.get("name"), model_section.get("args", {}))
-    data = build_data(data_section.get("name"), data_section.get("args", {}))
+    trained = yaml.safe_load((Path(source) / "config.yaml").read_text()) or {}
+    chosen_splits = split_list(splits) or [trained.get("data", {}).get("test_split", "test")]
+    out = src.out
+    model = build_model(src.model_spec, src.model_kwargs)
+    data = build_data(src.data_spec, src.data_kwargs)
     chosen_directions = split_list(directions)
     config = {
         "source": str(source), "pair": pair, "step": step, "span": span, "every": every,
@@ -143,7 +133,7 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
         samples=samples, full=full, per_layer=per_layer, groups=scheme, patterns=list(patterns),
         layers=split_list(layers) or None, coefficients=coefficients, renormalise=renormalise,
         splits=chosen_splits, max_examples=max_examples, batch_size=batch_size, device=device,
-        seed=seed, max_memory=int(max_memory * 1024**3), step=step, unit="epoch", plots=plots,
+        seed=seed, max_memory=int(max_memory * 1024**3), step=step, unit=unit, plots=plots,
         config=config,
     )
     report_subspace(table, Path(out), roles)
