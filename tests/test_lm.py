@@ -211,6 +211,8 @@ def test_a_pair_of_gpts_trains_on_text(corpus, tmp_path):
     first = {r["role"]: r for r in history if r["epoch"] == 0}
     assert first["a"]["test_loss"] == first["b"]["test_loss"]  # same initialization
     assert all(math.isfinite(r["test_loss"]) and 0 <= r["test_accuracy"] <= 1 for r in history)
+    # the vocabulary is saved with the run
+    assert CharVocab.load(folder / "vocab.json") == CharVocab.from_text(corpus.read_text())
     end = [layerlmc.load_state_dict(folder / "checkpoints" / role / "epoch_0001.safetensors")
            for role in "ab"]
     assert not torch.equal(end[0]["blocks.0.attn.qkv.weight"], end[1]["blocks.0.attn.qkv.weight"])

@@ -36,11 +36,10 @@ def reproduce_lm(
     ``plots=False``).
     """
     from .analyses import trajectory
-    from .data import text
     from .recipes import train_pair
 
+    # the text dataset has training write its vocabulary to <run>/vocab.json
     pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
-    text.text_vocab(pair.config.data.args.get("path", text.JARGON_PATH)).save(pair.run / "vocab.json")
     analysis = Path(out) / "lm"
     barriers, distances = trajectory(
         pair.model, pair.a, pair.b, pair.data, analysis, every=every, splits=["test"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -46,6 +46,15 @@ class Registry(Generic[T]):
 
     def entries(self) -> list[Entry[T]]:
         return [self._entries[k] for k in sorted(self._entries)]
+
+
+class Splits(dict):
+    """A dataset's splits, plus ``files``: name → text that a training run keeps beside its
+    checkpoints (a text dataset's vocabulary, for instance)."""
+
+    def __init__(self, splits: Mapping[str, object], files: Mapping[str, str] | None = None):
+        super().__init__(splits)
+        self.files = dict(files or {})
 
 
 models: Registry = Registry("model")

@@ -20,7 +20,7 @@ from . import data as _builtin_data  # noqa: F401  (registers the built-in datas
 from . import hf as _hf  # registers hf-text; imports transformers only when used
 from . import models as _builtin_models  # noqa: F401
 from .errors import LayerLMCError, did_you_mean
-from .registry import Registry, datasets, models
+from .registry import Registry, Splits, datasets, models
 
 
 def parse_kwargs(pairs: Sequence[str], what: str = "argument") -> dict[str, object]:
@@ -117,11 +117,11 @@ def build_model(spec: str, kwargs: Mapping[str, object] | None = None) -> torch.
     return model
 
 
-def build_data(spec: str, kwargs: Mapping[str, object] | None = None) -> dict[str, object]:
+def build_data(spec: str, kwargs: Mapping[str, object] | None = None) -> Splits:
     data = _call(resolve_callable(spec, datasets), kwargs or {}, spec)
     if not isinstance(data, Mapping) or not data:
         raise LayerLMCError(
             f"'{spec}' returned a {type(data).__name__}; it must return a dict of splits, "
             "e.g. {'train': (x, y), 'test': (x, y)}"
         )
-    return dict(data)
+    return Splits(data, getattr(data, "files", None))

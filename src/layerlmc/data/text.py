@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import LayerLMCError
-from ..registry import datasets
+from ..registry import Splits, datasets
 
 #: Debian's jargon-text package (installed by scripts/install.sh)
 JARGON_PATH = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
@@ -109,12 +109,15 @@ class CharVocab:
     def to_json(self) -> dict[str, object]:
         return {"kind": "char", "size": len(self), "chars": "".join(self.chars)}
 
+    def to_text(self) -> str:
+        """``{"kind": "char", "size": N, "chars": "..."}`` as JSON text."""
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n"
+
     def save(self, path: str | Path) -> Path:
-        """Write ``{"kind": "char", "size": N, "chars": "..."}`` as JSON; returns the path."""
+        """Write :meth:`to_text`; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n"
-        path.write_text(text, encoding="utf-8")
+        path.write_text(self.to_text(), encoding="utf-8")
         return path
 
     @classmethod
@@ -185,7 +188,7 @@ def text_splits(
     seed: int = 0,
     test_fraction: float = 0.1,
     vocab_size: int | None = None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+) -> Splits:
     """``{"train": (inputs, labels), "test": (inputs, labels)}`` of next-token windows.
 
     ``vocab_size`` (optional) is the model's: a text with more distinct characters is an error
@@ -208,10 +211,12 @@ def text_splits(
                 f"{len(text)} characters (test_fraction {test_fraction}), one window needs "
                 f"seq_len + 1 = {seq_len + 1}")
     # different seeds per split, so a change of test_windows never moves the train windows
-    return {
+    splits = {
         "train": token_windows(train_ids, seq_len, train_windows, seed),
         "test": token_windows(test_ids, seq_len, test_windows, seed + 1),
     }
+    # a training run keeps the vocabulary beside its checkpoints (layerlmc.specs.Splits)
+    return Splits(splits, {"vocab.json": vocab.to_text()})
 
 
 @datasets.register(

@@ -228,6 +228,8 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
     claim_training(run, resolved, unit="round", not_weights=FEDERATED_NOT_WEIGHTS)
     device = resolve_device(config.device)
     data = build_data(config.data.name, config.data.args)
+    for name, text in data.files.items():  # e.g. a text dataset's vocabulary
+        run.write_file(name, text)
     train_name, test_name = config.data.train_split, config.data.test_split
     pool = prepare_splits(data, [train_name], max_examples=config.partition.max_examples,
                           seed=config.partition.seed, device=device)[train_name]

@@ -59,6 +59,8 @@ def train_runs(config: TrainConfig, out: str | Path | None = None, progress: boo
     claim_training(run, resolved)
     device = resolve_device(config.device)
     data = build_data(config.data.name, config.data.args)
+    for name, text in data.files.items():  # e.g. a text dataset's vocabulary
+        run.write_file(name, text)
     test_name = config.data.test_split
     seeds, train_names = config.seeds(), config.train_splits()
     test = prepare_splits(data, [test_name], device=device)
