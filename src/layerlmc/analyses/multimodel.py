@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 from tqdm.auto import tqdm
 

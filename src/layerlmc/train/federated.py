@@ -44,7 +44,14 @@ from ..executors import get_executor
 from ..layers import LayerGroup, layer_groups, tied_keys
 from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
-from .runner import NOT_WEIGHTS, claim_training, make_optimizer, read_history, save_optimizer, train_epoch
+from .runner import (
+    NOT_WEIGHTS,
+    claim_training,
+    make_optimizer,
+    read_history,
+    save_optimizer,
+    train_epoch,
+)
 
 log = logging.getLogger("layerlmc")
 AVERAGE = "average"
