@@ -15,7 +15,16 @@ from tqdm.auto import tqdm
 
 from .barriers import check_choices, compute_barriers, needed_alphas
 from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
-from .evaluate import Evaluator, Metrics, prepare_splits, resolve_device, statistics_batches
+from .evaluate import (
+    Evaluator,
+    Job,
+    Metrics,
+    make_evaluator,
+    prepare_splits,
+    resolve_device,
+    statistics_batches,
+)
+from .evaluate.auto import check_evaluator
 from .evaluate.batchnorm import batchnorm_modules, check_policy
 from .layers import layer_groups, select_groups, tied_keys
 from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
@@ -155,6 +164,10 @@ def evaluate_paths(
     elif stored:
         log.info("all points already stored in %s; nothing to evaluate", run.points_file)
     with tqdm(total=len(todo), desc="evaluating", unit="point", disable=_no_bar(progress, fresh_states)) as bar:
+        if evaluator.kind != "plain":
+            _evaluate_batched(evaluator, a, b, todo, known, float_keys, same, records, run, bar,
+                              step, unit)
+            return records
         for point, state_point, weights, missing in todo:
             state = None
             new = []
@@ -171,6 +184,84 @@ def evaluate_paths(
                 run.append_points(new)
             bar.update()
     return records
+
+
+#: the most points a batched evaluator is handed at once
+CHUNK_POINTS = 64
+
+
+def _evaluate_batched(
+    evaluator: Evaluator, a: StateDict, b: StateDict, todo: list, known: dict,
+    float_keys: list[str], same: list[bool], records: list[dict], run: RunDir | None, bar,
+    step, unit,
+) -> None:
+    """:func:`evaluate_paths`' loop for an evaluator that takes many states at once
+    (``evaluate_many``): each state is handed over with its base and the keys it changes, in
+    chunks of points that share a base, and records are written in the plain loop's order.
+
+    A chunk holds at most :data:`CHUNK_POINTS` states whose new tensors together take at most
+    the bytes of one state (at least one point), so memory stays bounded whatever the path."""
+    bases = {"a": a, "b": b}
+    budget = sum(a[k].numel() * a[k].element_size() for k in float_keys)
+    unique: dict[tuple, tuple[Point, set[str]]] = {}
+    for _, state_point, weights, missing in todo:
+        splits = {s for s in missing if (weights, s) not in known}
+        if splits:
+            unique.setdefault(weights, (state_point, set()))[1].update(splits)
+    entries = []
+    for weights, (state_point, _) in unique.items():
+        base = state_point.path.base or "a"
+        # a key moves off the base where b's weight differs from the base's (a key equal in a
+        # and b never moves)
+        at_base = 1.0 if base == "b" else 0.0
+        changed = frozenset(k for k, w, equal in zip(float_keys, state_point.b_weights(float_keys), same)
+                            if not equal and w != at_base)
+        size = sum(a[k].numel() * a[k].element_size() for k in changed)
+        entries.append((weights, state_point, base, changed, size))
+    # by base, smallest change first: an endpoint shares its chunk with the points it is the
+    # base of (its own evaluation is the run they reuse), single groups fill one chunk, and
+    # a point that changes everything (the full path) comes last, where nothing is reused
+    entries.sort(key=lambda entry: (entry[2], entry[4]))
+    chunks: list[list[tuple]] = []
+    used = 0
+    for weights, state_point, base, changed, size in entries:
+        current = chunks[-1] if chunks else None
+        if (current is None or current[0][2] != base or len(current) >= CHUNK_POINTS
+                or used + size > budget):
+            chunks.append([])
+            used = 0
+        chunks[-1].append((weights, state_point, base, changed))
+        used += size
+    emitted = 0
+    for chunk in chunks:
+        jobs = [Job(interpolate(a, b, state_point), bases[base], changed)
+                for _, state_point, base, changed in chunk]
+        for split in evaluator.splits:
+            chosen = [i for i, item in enumerate(chunk) if split in unique[item[0]][1]]
+            if not chosen:
+                continue
+            for i, metrics in zip(chosen, evaluator.evaluate_many([jobs[i] for i in chosen], split)):
+                known[(chunk[i][0], split)] = metrics
+        del jobs
+        emitted = _emit_done(todo, emitted, known, records, run, bar, step, unit)
+    _emit_done(todo, emitted, known, records, run, bar, step, unit)
+
+
+def _emit_done(todo: list, emitted: int, known: dict, records: list[dict], run: RunDir | None,
+               bar, step, unit) -> int:
+    """Append the records of the points from ``emitted`` on whose splits are all known, in
+    order; returns how many points are emitted now."""
+    while emitted < len(todo):
+        point, _, weights, missing = todo[emitted]
+        if any((weights, split) not in known for split in missing):
+            break
+        new = [_record(point, split, step, unit, known[(weights, split)]) for split in missing]
+        records.extend(new)
+        if run is not None:
+            run.append_points(new)
+        bar.update()
+        emitted += 1
+    return emitted
 
 
 def moving_path(path: Path, evaluator: Evaluator) -> Path:
@@ -203,7 +294,7 @@ def build_evaluator(
     model: torch.nn.Module, data: Mapping[str, object], state: StateDict, splits: Sequence[str] | None,
     max_examples: int | None, seed: int, batch_size: int, device: str, *,
     bn: str = "interpolate", bn_batches: int = 10, bn_batch_size: int | None = None,
-    bn_split: str = "train",
+    bn_split: str = "train", evaluator: str = "plain",
 ) -> Evaluator:
     """Splits loaded once onto the device, and the labels checked against the model's outputs at
     ``state`` before anything is written.
@@ -212,8 +303,13 @@ def build_evaluator(
     ``recompute`` the statistics of every state come from ``bn_batches`` batches of
     ``bn_batch_size`` (default ``batch_size``) examples of split ``bn_split``, seeded by
     ``seed`` (:func:`~layerlmc.evaluate.statistics_batches`).
+
+    ``evaluator`` picks how states are evaluated (:data:`~layerlmc.evaluate.EVALUATORS`;
+    docs/evaluators.md): ``plain``, ``incremental``, ``vmap`` or ``auto``; all give the same
+    numbers.
     """
     check_policy(bn)
+    check_evaluator(evaluator)
     target = resolve_device(device)
     prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
     batches: list[torch.Tensor] = []
@@ -221,10 +317,10 @@ def build_evaluator(
     if bn == "recompute" and batchnorm_modules(model):
         batches = statistics_batches(data, bn_split, bn_batches, size, seed, target)
     source = f"split '{bn_split}' (seed {seed})"
-    evaluator = Evaluator(model.to(target), prepared, batch_size, bn=bn, bn_batches=batches,
-                          bn_source=source)
-    evaluator.check({k: v.to(target) for k, v in state.items()})
-    return evaluator
+    chosen = make_evaluator(evaluator, model.to(target), prepared, batch_size, bn=bn,
+                            bn_batches=batches, bn_source=source)
+    chosen.check({k: v.to(target) for k, v in state.items()})
+    return chosen
 
 
 def analysis_inputs(
@@ -274,6 +370,7 @@ def barriers(
     bn_batches: int = 10,
     bn_batch_size: int | None = None,
     bn_split: str = "train",
+    evaluator: str = "plain",
     out: str | FilePath | None = None,
     plots: bool = True,
     progress: bool | None = None,
@@ -296,6 +393,9 @@ def barriers(
     With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl``,
     ``barriers.csv`` and ``figures/``; calling again with the same ``out`` evaluates only
     points that are not stored yet. A folder computed with another BatchNorm policy is refused.
+
+    ``evaluator`` (``plain``, ``incremental``, ``vmap``, ``auto``; docs/evaluators.md) changes
+    how long the study takes, not its numbers; a folder may be continued with another.
     """
     state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
     state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
@@ -308,15 +408,15 @@ def barriers(
         bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
         definitions=definitions, references=references, seed=seed, extrapolate=extrapolate,
     )
-    evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device,
-                                bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split)
+    chosen = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device,
+                             bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
+                             bn_split=bn_split, evaluator=evaluator)
     run = None
     if out is not None:
         run = RunDir(out)
         inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
                   **analysis_inputs(model, data, max_examples, seed, groups, patterns,
-                                    evaluator.bn_summary)}
+                                    chosen.bn_summary)}
         settings = dict(config) if config is not None else {
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
@@ -325,10 +425,11 @@ def barriers(
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
             "device": device, "seed": seed, "extrapolate": extrapolate, "bn": bn,
             "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+            "evaluator": evaluator,
         }
-        run.claim(inputs, settings, str(evaluator.device))
+        run.claim(inputs, settings, str(chosen.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():
-        records = evaluate_paths(evaluator, state_a, state_b, paths, run=run, progress=progress)
+        records = evaluate_paths(chosen, state_a, state_b, paths, run=run, progress=progress)
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     if run is not None:
         run.write_barriers(table)

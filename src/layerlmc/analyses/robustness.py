@@ -368,6 +368,7 @@ def robustness(
     bn_batches: int = 10,
     bn_batch_size: int | None = None,
     bn_split: str = "train",
+    evaluator: str = "plain",
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -424,7 +425,7 @@ def robustness(
                                    layers=layers, per_tensor=per_tensor)
     evaluator = build_evaluator(model, data, first_a, splits, max_examples, seed, batch_size,
                                 device, bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split)
+                                bn_split=bn_split, evaluator=evaluator)
     aliases = {k for tie in tied_keys(model) for k in tie[1:]}
     # a tied alias is not passed to the model, so it takes no part in the norm or the step;
     # nor do running statistics the policy recomputes, ignores or keeps at the base, so that
@@ -454,6 +455,7 @@ def robustness(
             "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
             "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
             "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+            "evaluator": evaluator.kind,
         }
         run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from (claim rewrote run.json): a checkpoint

@@ -137,6 +137,7 @@ def trajectory(
     bn_batches: int = 10,
     bn_batch_size: int | None = None,
     bn_split: str = "train",
+    evaluator: str = "plain",
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -154,7 +155,7 @@ def trajectory(
     check_pair(a_init, b_init, expected)
     evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device,
                                 bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split)
+                                bn_split=bn_split, evaluator=evaluator)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
     run = RunDir(out)
@@ -167,6 +168,7 @@ def trajectory(
         "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
         "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
         "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+        "evaluator": evaluator.kind,
     }
     run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from: a checkpoint replaced later must not be

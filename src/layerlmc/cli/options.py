@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from ..errors import LayerLMCError
+from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
 from ..layers import SCHEMES
 from ..specs import parse_kwargs
@@ -109,6 +110,11 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
         click.option("--bn-split", default="train", show_default=True,
                      help="--bn recompute: the split the batches are drawn from (seeded by "
                           "--seed)."),
+        click.option("--evaluator", type=click.Choice(EVALUATORS), default="plain",
+                     show_default=True,
+                     help="How states are evaluated: plain, incremental (re-run only what a "
+                          "changed group feeds), vmap (many small models at once) or auto. The "
+                          "numbers are the same; see docs/evaluators.md."),
         click.option("--plots/--no-plots", default=True, show_default=True),
     )
 
@@ -250,7 +256,7 @@ def analysis_kwargs(options: dict) -> dict:
         "definitions": split_list(options["definitions"]), "references": split_list(options["references"]),
         "splits": split_list(options["splits"]) or None, "max_examples": options["max_examples"],
         "batch_size": options["batch_size"], "device": options["device"], "seed": options["seed"],
-        **bn_kwargs(options), "plots": options["plots"],
+        **bn_kwargs(options), "evaluator": options["evaluator"], "plots": options["plots"],
     }
 
 

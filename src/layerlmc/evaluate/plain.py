@@ -26,8 +26,34 @@ from .data import Split
 log = logging.getLogger("layerlmc")
 
 
+def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    """Summed cross-entropy, correct predictions and label count of one batch; every evaluator
+    adds these up the same way, so that their metrics agree."""
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    # summed, not averaged per batch: a last, smaller batch must not weigh more
+    loss = F.cross_entropy(logits, labels, reduction="sum").item()
+    correct = int((logits.argmax(dim=-1) == labels).sum().item())
+    return loss, correct, labels.numel()
+
+
 class _Recomputed(dict):
     """A state whose BatchNorm statistics were recomputed: :meth:`Evaluator.prepare` is done."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One state to evaluate, with what a batched evaluator may exploit about it.
+
+    ``state`` maps every parameter and buffer name to a tensor. ``base``, when given, is a
+    state this one equals except at the keys in ``changed``: the tensors of every other key
+    are the base's own or equal to them (``paths.interpolate`` builds points that way). An
+    evaluator that does not use them evaluates ``state`` alone.
+    """
+
+    state: Mapping[str, torch.Tensor]
+    base: Mapping[str, torch.Tensor] | None = None
+    changed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,10 @@ class Evaluator:
     modes and attributes are restored after every call. ``bn_source`` says where
     ``bn_batches`` come from, for :attr:`bn_summary`.
     """
+
+    #: which evaluator this is (``--evaluator``); the batched ones answer :meth:`evaluate_many`
+    #: with the same numbers by other means
+    kind = "plain"
 
     def __init__(
         self,
@@ -125,13 +155,16 @@ class Evaluator:
                 logits = self._forward(state, inputs, split)
                 if split not in self._checked:
                     self._check_labels(split, logits, data.labels)
-                logits = logits.reshape(-1, logits.shape[-1]).float()
-                labels = labels.reshape(-1)
-                # summed, not averaged per batch: a last, smaller batch must not weigh more
-                total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-                correct += int((logits.argmax(dim=-1) == labels).sum().item())
-                count += labels.numel()
+                loss, right, n = score(logits, labels)
+                total_loss += loss
+                correct += right
+                count += n
         return Metrics(total_loss / count, correct / count, count)
+
+    def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
+        """The metrics of every job's state on ``split``, in order: one :meth:`evaluate` each
+        (the batched evaluators override this)."""
+        return [self.evaluate(job.state, split) for job in jobs]
 
     @torch.inference_mode()
     def check(self, state: Mapping[str, torch.Tensor]) -> None:

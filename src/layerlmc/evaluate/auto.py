@@ -1,0 +1,108 @@
+"""Choosing an evaluator (``--evaluator plain|incremental|vmap|auto``).
+
+Every evaluator computes the same metrics (to float rounding); the choice changes only the
+time a study takes, so it is a setting, never an input of the stored numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from ..errors import LayerLMCError, did_you_mean
+from .data import Split
+from .incremental import IncrementalEvaluator
+from .plain import Evaluator, Job, Metrics
+from .vectorized import VectorizedEvaluator
+
+log = logging.getLogger("layerlmc")
+
+EVALUATORS = ("plain", "incremental", "vmap", "auto")
+#: how much faster vmap must measure before ``auto`` takes it: timings on a busy machine jitter
+VMAP_MARGIN = 0.8
+#: jobs the ``auto`` probe times (on the first batch of the first call with several jobs)
+PROBE_JOBS = 8
+
+
+def check_evaluator(kind: str) -> str:
+    if kind not in EVALUATORS:
+        raise LayerLMCError(f"unknown evaluator '{kind}'{did_you_mean(str(kind), EVALUATORS)}; "
+                            f"choose one of {', '.join(EVALUATORS)}")
+    return kind
+
+
+def make_evaluator(kind: str, model: torch.nn.Module, splits: Mapping[str, Split],
+                   batch_size: int = 1024, *, chunk: int = 16, **kwargs) -> Evaluator:
+    """The evaluator named ``kind`` (:data:`EVALUATORS`); ``kwargs`` are the BatchNorm
+    arguments of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs at once."""
+    check_evaluator(kind)
+    if kind == "plain":
+        return Evaluator(model, splits, batch_size, **kwargs)
+    if kind == "incremental":
+        return IncrementalEvaluator(model, splits, batch_size, **kwargs)
+    if kind == "vmap":
+        return VectorizedEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
+    return AutoEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
+
+
+class AutoEvaluator(IncrementalEvaluator):
+    """Incremental where the model traces (else plain), and ``vmap`` instead only where it
+    measures faster: on the first call with several jobs, both run the first batch for up to
+    :data:`PROBE_JOBS` of them (twice, the second run timed) and ``vmap`` is kept if it takes
+    under :data:`VMAP_MARGIN` of the other's time. The choice then holds for the evaluator's
+    life and is logged once."""
+
+    kind = "auto"
+
+    def __init__(self, model: torch.nn.Module, splits: Mapping[str, Split], batch_size: int = 1024,
+                 *, chunk: int = 16, **kwargs) -> None:
+        super().__init__(model, splits, batch_size, **kwargs)
+        #: ``"vmap"``, ``"incremental"`` or ``"plain"`` once measured; None before
+        self.chosen: str | None = None
+        self.vmap: VectorizedEvaluator | None = None
+        if self.bn in ("recompute", "batch-stats") and self.bn_modules:
+            self.chosen = self._own_kind()  # no evaluator can reuse anything: the plain path
+        else:
+            self.vmap = VectorizedEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
+
+    def _own_kind(self) -> str:
+        return "incremental" if self.incremental else "plain"
+
+    def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
+        if self.chosen is None and len(jobs) > 1:
+            self.chosen = self._measure(jobs, split)
+        if self.chosen == "vmap" and self.vmap is not None and self.vmap.vectorized:
+            return self.vmap.evaluate_many(jobs, split)
+        return super().evaluate_many(jobs, split)
+
+    def _measure(self, jobs: Sequence[Job], split: str) -> str:
+        data = self.splits[split]
+        first = Split(data.name, data.inputs[: self.batch_size], data.labels[: self.batch_size])
+        probe = [job for job in jobs if job.base is jobs[0].base][:PROBE_JOBS]
+        if self.incremental and probe[0].base is not None:
+            def own() -> object:
+                return self._evaluate_on(probe, first)
+        else:
+            def own() -> object:
+                return [self._forward(job.state, first.inputs, split) for job in probe]
+        mine = _timed(own)
+        try:
+            theirs = _timed(lambda: self.vmap._evaluate_on(probe, first))
+        except Exception as err:  # noqa: BLE001 - a model vmap cannot run is simply not chosen
+            log.info("--evaluator auto: %s (vmap cannot run the model: %s)", self._own_kind(),
+                     type(err).__name__)
+            return self._own_kind()
+        chosen = "vmap" if theirs < VMAP_MARGIN * mine else self._own_kind()
+        log.info("--evaluator auto: %s (first batch, %d states: %s %.3f s, vmap %.3f s)", chosen,
+                 len(probe), self._own_kind(), mine, theirs)
+        return chosen
+
+
+def _timed(work: Callable[[], object]) -> float:
+    work()  # the first run pays for plans, allocations and vmap's set-up
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
