@@ -1,5 +1,5 @@
 # Shortcuts for the README's commands (the README's commands themselves need no make).
-.PHONY: install quickstart test
+.PHONY: install quickstart test bench
 
 install:
 	./scripts/install.sh
@@ -9,3 +9,7 @@ quickstart: install
 
 test: install
 	.venv/bin/python -m pytest tests
+
+# the standard-sweep benchmark (bench/sweep.py): ~10-15 minutes on 2 cores; writes docs/benchmarks.md
+bench: install
+	.venv/bin/python bench/sweep.py
