@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from ..layers import tied_keys
 from .data import Split
-from .plain import Evaluator, Job, Metrics, score
+from .plain import Evaluator, Job, Metrics
 
 log = logging.getLogger("layerlmc")
 
@@ -269,13 +269,7 @@ class IncrementalEvaluator(Evaluator):
                 self._forward(base, inputs, data.name)
                 raise
             del cache
-            for total, logits in zip(totals, outputs):
-                if data.name not in self._checked:
-                    self._check_labels(data.name, logits, data.labels)
-                loss, correct, count = score(logits, labels)
-                total[0] += loss
-                total[1] += correct
-                total[2] += count
+            self._add_scores(totals, outputs, data, labels)
         return [Metrics(loss / count, correct / count, count) for loss, correct, count in totals]
 
 

@@ -193,6 +193,16 @@ class Evaluator:
             raise LayerLMCError(f"the model returned a {type(logits).__name__}, not a tensor of logits")
         return logits
 
+    def _add_scores(self, totals: list[list], outputs, data: Split, labels: torch.Tensor) -> None:
+        """Add one batch's :func:`score` of each job's logits to that job's running totals."""
+        for total, logits in zip(totals, outputs):
+            if data.name not in self._checked:
+                self._check_labels(data.name, logits, data.labels)
+            loss, correct, count = score(logits, labels)
+            total[0] += loss
+            total[1] += correct
+            total[2] += count
+
     def _check_labels(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.ndim < 2:
             raise LayerLMCError(f"the model's output has shape {list(logits.shape)}; expected logits [batch, ..., classes]")

@@ -20,7 +20,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .data import Split
-from .plain import Evaluator, Job, Metrics, score
+from .plain import Evaluator, Job, Metrics
 
 log = logging.getLogger("layerlmc")
 
@@ -84,11 +84,5 @@ class VectorizedEvaluator(Evaluator):
                 # vmap's note that an operation (attention) runs as a loop: auto measures that
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 logits = batched(stacked, inputs)
-            for total, one in zip(totals, logits.unbind(0)):
-                if data.name not in self._checked:
-                    self._check_labels(data.name, one, data.labels)
-                loss, correct, count = score(one, labels)
-                total[0] += loss
-                total[1] += correct
-                total[2] += count
+            self._add_scores(totals, logits.unbind(0), data, labels)
         return [Metrics(loss / count, correct / count, count) for loss, correct, count in totals]
