@@ -21,7 +21,7 @@ import torch
 from ..errors import LayerLMCError
 from ..registry import datasets
 
-Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+SplitTensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_classification(
@@ -143,7 +143,7 @@ def classification(
     test_size: float = 0.33,
     seed: int = 10,
     split_seed: int = 42,
-) -> Splits:
+) -> SplitTensors:
     """Splits ``train``, ``test`` and the two contiguous halves of train, ``half_a`` (the first
     ⌊n/2⌋ train examples) and ``half_b`` (the rest), each float32 inputs and int64 labels."""
     x, y = make_classification(n_samples, n_features, n_informative, n_redundant, n_classes,

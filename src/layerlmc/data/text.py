@@ -215,26 +215,15 @@ def text_splits(
         "train": token_windows(train_ids, seq_len, train_windows, seed),
         "test": token_windows(test_ids, seq_len, test_windows, seed + 1),
     }
-    # a training run keeps the vocabulary beside its checkpoints (layerlmc.specs.Splits)
+    # a training run keeps the vocabulary beside its checkpoints (layerlmc.registry.Splits)
     return Splits(splits, {"vocab.json": vocab.to_text()})
 
 
-@datasets.register(
+datasets.register(
     "text", "char-level next-token windows of a local text file (path, seq_len=128, "
-    "train_windows=4096, test_windows=512, seed=0, test_fraction=0.1)")
-def text(
-    path: str = str(JARGON_PATH),
-    seq_len: int = 128,
-    train_windows: int = 4096,
-    test_windows: int = 512,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    vocab_size: int | None = None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return text_splits(path, seq_len, train_windows, test_windows, seed, test_fraction, vocab_size)
-
+    "train_windows=4096, test_windows=512, seed=0, test_fraction=0.1)")(text_splits)
 
 # the built-in corpus under its own name: the same function, whose default path is the Jargon File
 datasets.register(
     "jargon", "the Jargon File (Debian jargon-text) as char-level next-token windows, "
-    "155 characters (seq_len=128, train_windows=4096, test_windows=512, seed=0)")(text)
+    "155 characters (seq_len=128, train_windows=4096, test_windows=512, seed=0)")(text_splits)
