@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LayerLMCError
+from .layers import layer_groups
 
 StateDict = dict[str, torch.Tensor]
 
@@ -37,6 +38,8 @@ NESTED_KEYS = (
     "last",
     "ema",
 )
+#: How many mappings deep :func:`unwrap_state_dict` looks for the weights.
+MAX_NESTING = 8
 #: Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 ORDER_METADATA = "layerlmc.key_order"
@@ -59,7 +62,30 @@ class Origin:
 
 
 #: id(tensor) → (a weak reference to it, its Origin), see :func:`tag_origin`
-_ORIGINS: dict[int, tuple[weakref.ref, Origin]] = {}
+_ORIGINS: dict[int, tuple[weakref.ref, object]] = {}
+#: id(tensor) → (a weak reference to it, the file it was read from), see :func:`load_state_dict`
+_SOURCES: dict[int, tuple[weakref.ref, object]] = {}
+#: id(tensor) → (a weak reference to it, True): non-finite tensors already reported by
+#: :func:`check_pair`, so that checking a pair again (every step of a trajectory starts from
+#: the first pair) does not repeat the warning
+_REPORTED: dict[int, tuple[weakref.ref, object]] = {}
+
+
+def _tag(registry: dict, tensors, value: object) -> None:
+    for tensor in tensors:
+        key = id(tensor)
+
+        def forget(ref: weakref.ref, key: int = key, registry: dict = registry) -> None:
+            # an id is reused only after its tensor is gone: drop the entry of this tensor only
+            if registry.get(key, (None,))[0] is ref:
+                del registry[key]
+
+        registry[key] = (weakref.ref(tensor, forget), value)
+
+
+def _tagged(registry: dict, tensor: torch.Tensor) -> object | None:
+    entry = registry.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
 
 
 def tag_origin(state: Mapping[str, torch.Tensor], origin: Origin) -> None:
@@ -69,23 +95,27 @@ def tag_origin(state: Mapping[str, torch.Tensor], origin: Origin) -> None:
     dicts (``dict(a)``, :func:`reorder_like`) that keep the tensor objects; and beside the
     tensors rather than as an attribute, which ``torch.save`` would pickle into the file.
     """
-    for tensor in state.values():
-        key = id(tensor)
-
-        def forget(ref: weakref.ref, key: int = key, origins: dict = _ORIGINS) -> None:
-            # an id is reused only after its tensor is gone: drop the entry of this tensor only
-            if origins.get(key, (None,))[0] is ref:
-                del origins[key]
-
-        _ORIGINS[key] = (weakref.ref(tensor, forget), origin)
+    _tag(_ORIGINS, state.values(), origin)
 
 
 def origin_of(state: Mapping[str, torch.Tensor]) -> Origin | None:
     """The :class:`Origin` of a state dict loaded by :func:`load_state_dict`, if it has one."""
     for tensor in state.values():
-        entry = _ORIGINS.get(id(tensor))
-        if entry is not None and entry[0]() is tensor:
-            return entry[1]
+        origin = _tagged(_ORIGINS, tensor)
+        if origin is not None:
+            return origin  # type: ignore[return-value]
+    return None
+
+
+def source_of(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The file or folder a state dict was read from by :func:`load_state_dict`, if known."""
+    origin = origin_of(state)
+    if origin is not None:
+        return origin.path
+    for tensor in state.values():
+        source = _tagged(_SOURCES, tensor)
+        if source is not None:
+            return source  # type: ignore[return-value]
     return None
 
 
@@ -117,7 +147,9 @@ def load_state_dict(path: str | Path) -> StateDict:
         raw = _restore_order(raw, metadata.get(ORDER_METADATA))
     else:
         raw = _load_weights_only(path)
-    return strip_wrapper_prefixes(unwrap_state_dict(raw, path))
+    state = strip_wrapper_prefixes(unwrap_state_dict(raw, path))
+    _tag(_SOURCES, state.values(), str(path))
+    return state
 
 
 def _restore_order(state: StateDict, order: str | None) -> StateDict:
@@ -125,9 +157,10 @@ def _restore_order(state: StateDict, order: str | None) -> StateDict:
     # original order in the file's metadata when we write it.
     try:
         keys = json.loads(order) if order else []
-    except ValueError:
+    except (ValueError, RecursionError):
         keys = []
-    if sorted(keys) != sorted(state):
+    # anything but the list of the file's own keys (a damaged or foreign header) is ignored
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or sorted(keys) != sorted(state):
         return state
     return {k: state[k] for k in keys}
 
@@ -160,15 +193,19 @@ def _load_weights_only(path: Path) -> object:
         ) from None
 
 
-def unwrap_state_dict(obj: object, where: str | Path = "checkpoint") -> StateDict:
+def unwrap_state_dict(obj: object, where: str | Path = "checkpoint", _seen: frozenset = frozenset()) -> StateDict:
     """Find the tensor mapping inside a (possibly nested) checkpoint object."""
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return {str(k): v for k, v in obj.items()}
-        for key in NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
+        # a pickle may hold a mapping that contains itself, or thousands nested: never descend
+        # into one twice, nor deeper than any training script nests its weights
+        seen = _seen | {id(obj)}
+        for key in NESTED_KEYS if len(seen) <= MAX_NESTING else ():
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and id(inner) not in seen:
                 try:
-                    return unwrap_state_dict(obj[key], where)
+                    return unwrap_state_dict(inner, where, seen)
                 except LayerLMCError:
                     continue
         # A training checkpoint mixing tensors with counters ("epoch": 3) keeps its tensors.
@@ -196,14 +233,23 @@ def strip_wrapper_prefixes(state: StateDict) -> StateDict:
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
     """Save as safetensors (the default format); tied tensors are stored once per key."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        save_file(tensors, str(tmp), metadata={ORDER_METADATA: json.dumps(list(tensors))})
-    else:
-        torch.save(tensors, str(tmp))
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            save_file(tensors, str(tmp), metadata={ORDER_METADATA: json.dumps(list(tensors))})
+        else:
+            torch.save(tensors, str(tmp))
+        tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    except (OSError, SafetensorError, RuntimeError) as err:
+        # a full disk or a read-only folder; torch reports a failed write as a RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        raise LayerLMCError(f"cannot write checkpoint {path}: {reason}") from None
     return path
 
 
@@ -236,6 +282,59 @@ def check_pair(a: StateDict, b: StateDict, expected: Mapping[str, torch.Tensor] 
         log.warning("a (%s) and b (%s) have different configs: %s; the model is built from one of "
                     "them", origin_a.path, origin_b.path,
                     _config_difference(origin_a.settings, origin_b.settings))
+    for name, state in (("a", a), ("b", b)):
+        _warn_non_finite(name, state)
+
+
+def non_finite_groups(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """``(group, non-finite values, floating-point values)`` for every module group (see
+    :func:`layerlmc.layers.layer_groups`) of ``state`` holding a NaN or an infinity."""
+    return _group_counts(state, _non_finite_counts(state))
+
+
+def _group_counts(state: Mapping[str, torch.Tensor], bad: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    if not bad:
+        return []
+    rows = []
+    for group in layer_groups(state, "module"):
+        count = sum(bad.get(key, 0) for key in group.keys)
+        if count:
+            total = sum(state[k].numel() for k in group.keys if _can_be_non_finite(state[k]))
+            rows.append((group.name, count, total))
+    return rows
+
+
+def _can_be_non_finite(tensor: object) -> bool:
+    return (isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex())
+            and tensor.layout == torch.strided and tensor.device.type != "meta")
+
+
+def _non_finite_counts(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    counts = {}
+    for key, tensor in state.items():
+        if _can_be_non_finite(tensor):
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                counts[key] = int(finite.numel() - finite.sum())
+    return counts
+
+
+def _warn_non_finite(name: str, state: Mapping[str, torch.Tensor]) -> None:
+    """One warning naming the groups of checkpoint ``name`` that hold NaN/Inf: the run goes on
+    (its points come out nan, flagged in the table), but the cause is named once, up front."""
+    counts = _non_finite_counts(state)
+    bad = [state[key] for key in counts]
+    if all(_tagged(_REPORTED, tensor) for tensor in bad):
+        return  # nothing, or these very tensors were reported already (a pair checked again)
+    _tag(_REPORTED, bad, True)
+    rows = _group_counts(state, counts)
+    source = source_of(state)
+    origin = origin_of(state)
+    where = f" ({origin} from {source})" if origin else f" ({source})" if source else ""
+    shown = ", ".join(f"{group} ({count} of {total} NaN/Inf)" for group, count, total in rows[:8])
+    more = f" and {len(rows) - 8} more groups" if len(rows) > 8 else ""
+    log.warning("checkpoint %s%s has non-finite values in %s%s; points that use them will be nan",
+                name, where, shown, more)
 
 
 def _compare(name: str, state: Mapping, other_name: str, other: Mapping) -> list[str]:

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from .errors import LayerLMCError, did_you_mean
 
@@ -19,7 +26,14 @@ C = TypeVar("C", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a NaN or an infinity in a config is always a typo or a bug (`lr: .inf`), never a setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: A seed: what torch's and numpy's generators both accept.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+#: An Adam beta: a decay rate in [0, 1).
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ModelSpec(Strict):
@@ -46,7 +60,7 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
 
 
 class ScheduleConfig(Strict):
@@ -67,7 +81,7 @@ class ScheduleConfig(Strict):
     warmup_start_lr: float = Field(1e-4, ge=0)
     step_size: int = Field(30, ge=1)
     gamma: float = Field(0.1, gt=0)
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    milestones: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [0.5, 0.75])
     pct_start: float = Field(0.3, gt=0, lt=1)
     div_factor: float = Field(25.0, gt=0)
     final_div_factor: float = Field(1e4, gt=0)
@@ -81,7 +95,8 @@ class AugmentConfig(Strict):
 
 
 #: A run's name; YAML reads `name: 2024` as a number.
-RunName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)]
+RunName = Annotated[str, StringConstraints(min_length=1),
+                    BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)]
 
 
 class Training(Strict):
@@ -89,7 +104,7 @@ class Training(Strict):
 
     name: RunName = "run"
     out: str | None = Field(None, description="run folder; default runs/<name>")
-    init_seed: int = 0
+    init_seed: Seed = 0
     batch_size: int = Field(64, ge=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -106,7 +121,7 @@ class TrainConfig(Training):
     name: RunName = "pair"
     runs: int = Field(2, ge=1, le=26)
     init: Literal["same", "different"] = "same"
-    order_seeds: list[int] | None = Field(None, description="data-order seed per run; default 1..runs")
+    order_seeds: list[Seed] | None = Field(None, description="data-order seed per run; default 1..runs")
     epochs: int = Field(10, ge=1)
     eval_max_examples: int | None = Field(10000, ge=1, description="train examples evaluated per epoch")
 
@@ -143,7 +158,7 @@ class PartitionConfig(Strict):
     min_size: int = Field(10, ge=1, description="dirichlet: fewest examples a client may get")
     test_fraction: float = Field(0.25, ge=0, lt=1, description="share of each client's data kept for its local test")
     max_examples: int | None = Field(None, ge=1, description="a seeded subset of the train split, dealt out instead of all of it")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class AggregateConfig(Strict):
@@ -179,16 +194,22 @@ class FederatedConfig(Training):
     local_epochs: int = Field(1, ge=1)
     local_steps: int | None = Field(None, ge=1, description="batches per round instead of local_epochs epochs")
     fraction: float = Field(1.0, gt=0, le=1, description="share of clients that train in a round")
-    seed: int = Field(0, description="client sampling and data order")
+    seed: Seed = Field(0, description="client sampling and data order")
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     multimodel: MultiModelConfig = Field(default_factory=MultiModelConfig)
     eval_max_examples: int | None = Field(10000, ge=1, description="global test examples evaluated per round")
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where clients train: this process, or Ray tasks in parallel")
+    address: str | None = Field(
+        None, description="the Ray cluster's address (executor ray); none starts a local Ray instance")
 
 
 def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> C:
-    """``cls`` validated from a YAML file (or a mapping) with dotted ``key=value`` overrides."""
+    """``cls`` validated from a YAML file (or a mapping) with dotted ``key=value`` overrides.
+
+    Any mistake in the file or the overrides raises a :class:`LayerLMCError` naming the key.
+    """
     if source is None:
         raw: dict = {}
     elif isinstance(source, Mapping):
@@ -198,9 +219,13 @@ def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Se
         if not path.is_file():
             raise LayerLMCError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise LayerLMCError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise LayerLMCError(f"{path} is not a YAML config: it is not UTF-8 text") from None
+        except OSError as err:
+            raise LayerLMCError(f"cannot read config file {path}: {err.strerror or err}") from None
+        raw = _parse_yaml(text, str(path))
+        raw = {} if raw is None else raw  # an empty file; `[]`, `0` or `false` are not configs
         if not isinstance(raw, dict):
             raise LayerLMCError(f"{path} must hold a mapping of config keys, not a {type(raw).__name__}")
     for override in overrides:
@@ -208,18 +233,83 @@ def load_config(cls: type[C], source: str | Path | Mapping | None, overrides: Se
         if not sep or not key:
             raise LayerLMCError(f"override '{override}' is not of the form key=value (e.g. optimizer.lr=0.1)")
         try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
+            parsed = _parse_yaml(value, f"override '{override}'") if value else ""
+        except LayerLMCError:
+            parsed = value  # not YAML: the text itself, which validation may still accept
         _set_dotted(raw, key.strip().split("."), parsed, override)
     return validate(cls, raw)
 
 
-def validate(cls: type[C], raw: Mapping) -> C:
+def _parse_yaml(text: str, where: str) -> object:
     try:
-        return cls.model_validate(raw)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise LayerLMCError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise LayerLMCError(f"{where} is not a usable config: it is nested too deeply") from None
+
+
+def validate(cls: type[C], raw: Mapping) -> C:
+    _check_shape(raw)
+    try:
+        config = cls.model_validate(raw)
     except ValidationError as err:
         raise LayerLMCError(_describe(cls, err)) from None
+    except RecursionError:  # a YAML alias that contains itself, or absurd nesting
+        raise LayerLMCError("the config is not usable: it is nested too deeply or refers to itself") from None
+    _check_storable(config)
+    return config
+
+
+#: The most values (scalars and containers, aliases expanded) a config may hold, and its depth.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+def _check_shape(raw: object) -> None:
+    """YAML aliases can make a few lines hold themselves or expand to billions of values (the
+    "billion laughs"): refuse both, naming the key, before anything walks the whole tree."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(node: object, path: str) -> int:
+        if not isinstance(node, (Mapping, list, tuple, set, frozenset)):
+            return 1
+        where = f"config key '{path}'" if path else "the config"
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_ids:
+            raise LayerLMCError(f"{where} contains itself (a YAML alias inside its own anchor)")
+        if len(open_ids) >= MAX_DEPTH:
+            raise LayerLMCError(f"{where} is nested too deeply (more than {MAX_DEPTH} levels)")
+        open_ids.add(id(node))
+        total = 1
+        for key, value in node.items() if isinstance(node, Mapping) else enumerate(node):
+            total += size(value, f"{path}.{key}" if path else str(key))
+            if total > MAX_VALUES:
+                raise LayerLMCError(f"{where} expands to more than {MAX_VALUES:,} values "
+                                    "(YAML aliases repeating each other?)")
+        open_ids.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(raw, "")
+
+
+def _check_storable(config: BaseModel, prefix: str = "") -> None:
+    """Every run writes its config to ``config.yaml``: a value that cannot be written there
+    (free-form ``args`` holding non-UTF-8 ``!!binary`` bytes, a YAML alias that contains
+    itself) is refused now, naming its key, rather than failing the run later."""
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            _check_storable(value, f"{prefix}{name}.")
+            continue
+        try:
+            yaml.safe_dump(config.model_dump(mode="json", include={name}))
+        except Exception as err:  # noqa: BLE001 - pydantic, UnicodeDecodeError, RecursionError, ...
+            raise LayerLMCError(f"config key '{prefix}{name}' holds a value that cannot be written to "
+                                f"config.yaml ({type(err).__name__})") from None
 
 
 def _set_dotted(raw: dict, keys: list[str], value: object, override: str) -> None:
@@ -240,7 +330,9 @@ def _describe(cls: type[BaseModel], err: ValidationError) -> str:
         fields = _fields_at(cls, loc[:-1])
         return f"unknown config key '{key}'{did_you_mean(loc[-1], fields)}"
     more = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
-    return f"config key '{key}': {first['msg']} (got {first.get('input')!r}){more}"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."
+    return f"config key '{key}': {first['msg']} (got {got}){more}"
 
 
 def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:

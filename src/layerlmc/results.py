@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -51,9 +52,9 @@ class RunDir:
         try:
             self.figures.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise LayerLMCError(f"cannot create output folder {self.path}: {err.strerror}") from None
+            raise LayerLMCError(f"cannot create output folder {self.path}: {_reason(err)}") from None
         if not os.access(self.path, os.W_OK):
-            raise LayerLMCError(f"output folder {self.path} is not writable")
+            raise LayerLMCError(f"output folder {self.path} is not writable; choose another output folder")
 
     @property
     def figures(self) -> Path:
@@ -120,11 +121,19 @@ class RunDir:
         try:
             yield self
         except KeyboardInterrupt:
-            self.finish("interrupted")
+            self._mark("interrupted")
             raise
         except BaseException:
-            self.finish("failed")
+            self._mark("failed")
             raise
+
+    def _mark(self, status: str) -> None:
+        # the folder may be what failed (disk full, gone read-only): the error that stopped the
+        # run is the one to report, and run.json keeps saying "running", never "complete"
+        try:
+            self.finish(status)
+        except LayerLMCError as err:
+            log.warning("could not mark the run %s in run.json: %s", status, err)
 
     def write_file(self, name: str, text: str) -> Path:
         self._write_text(self.path / name, text)
@@ -160,25 +169,34 @@ class RunDir:
         if not self.points_file.exists():
             return []
         records, good, bad = [], [], []
-        with open(self.points_file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or "loss" not in record or not line.endswith("\n"):
-                        raise ValueError
-                except ValueError:
-                    bad.append((number, line))
-                    continue
-                records.append(record)
-                good.append(line)
+        try:
+            with open(self.points_file, "rb") as handle:
+                lines = handle.readlines()
+        except OSError as err:
+            raise LayerLMCError(f"cannot read {self.points_file}: {_reason(err)}") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                # damaged bytes may not even be UTF-8, or nest absurdly deep
+                record = json.loads(line.decode("utf-8"))
+                if not isinstance(record, dict) or "loss" not in record or not line.endswith(b"\n"):
+                    raise ValueError
+            except (ValueError, RecursionError):
+                bad.append((number, line))
+                continue
+            records.append(record)
+            good.append(line)
         if bad and repair:
             for number, _ in bad:
                 log.warning("%s line %d is not a complete record; it will be recomputed", self.points_file, number)
-            with open(self.points_file.with_name("points.jsonl.corrupt"), "a", encoding="utf-8") as out:
-                out.writelines(line if line.endswith("\n") else line + "\n" for _, line in bad)
-            self._write_text(self.points_file, "".join(good))
+            corrupt = self.points_file.with_name("points.jsonl.corrupt")
+            try:
+                with open(corrupt, "ab") as out:
+                    out.writelines(line if line.endswith(b"\n") else line + b"\n" for _, line in bad)
+            except OSError as err:
+                raise LayerLMCError(f"cannot write {corrupt}: {_reason(err)}") from None
+            self._write_text(self.points_file, b"".join(good).decode("utf-8"))
         return records
 
     def append_points(self, records: Iterable[Mapping]) -> None:
@@ -192,31 +210,73 @@ class RunDir:
     def _write_text(self, path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)  # readers see the old file or the new one, never half of one
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
         except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise LayerLMCError(f"cannot write {path}: {_reason(err)}") from None
 
 
 def append_jsonl(path: Path, records: Iterable[Mapping]) -> None:
     """Append whole lines and fsync; a torn last line (a killed writer) is dropped first, so a
-    new record never glues onto half of an old one."""
-    lines = "".join(json.dumps(dict(r)) + "\n" for r in records)
-    if not lines:
+    new record never glues onto half of an old one. When the write fails (disk full, a
+    read-only folder) the file is cut back to what it held, so it never ends in half a line
+    of this call either."""
+    data = "".join(json.dumps(dict(r)) + "\n" for r in records).encode("utf-8")
+    if not data:
         return
     try:
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb+") as handle:
-                data = handle.read()
-                if not data.endswith(b"\n"):
-                    handle.truncate(data.rfind(b"\n") + 1)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # unbuffered: nothing of a failed write lingers in a buffer to be flushed at close
+        with open(path, "ab+", buffering=0) as handle:
+            size = _drop_torn_tail(handle)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = handle.write(view)
+                    if not written:  # a file system that neither writes nor says why
+                        raise OSError(errno.EIO, "nothing was written")
+                    view = view[written:]
+                os.fsync(handle.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    handle.truncate(size)
+                raise
     except OSError as err:
-        raise LayerLMCError(f"cannot write {path}: {err.strerror}") from None
+        raise LayerLMCError(f"cannot write {path}: {_reason(err)}") from None
+
+
+def _drop_torn_tail(handle) -> int:
+    """Cut an unfinished last line off a file open for appending; returns the size kept. Reads
+    only the tail, so appending stays cheap however long the file grows."""
+    end = handle.seek(0, os.SEEK_END)
+    if end == 0:
+        return 0
+    handle.seek(end - 1)
+    if handle.read(1) == b"\n":
+        return end
+    keep, stop = 0, end
+    while stop > 0:
+        start = max(0, stop - (1 << 16))
+        handle.seek(start)
+        newline = handle.read(stop - start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        stop = start
+    handle.truncate(keep)
+    return keep
+
+
+def _reason(err: OSError) -> str:
+    """Why a write failed, and what to do about it."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"{reason}; free some space, then rerun the same command to continue"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{reason}; choose another output folder"
+    return reason
 
 
 def short_hash(text: str) -> str:
@@ -239,7 +299,8 @@ def _versions() -> dict:
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
