@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything layerlmc needs on a fresh Debian machine with Python 3.11:
 # Debian's Fashion-MNIST and Jargon File packages, a virtual environment in .venv, the CPU build of
-# torch 2.13.0 and layerlmc itself (editable, with the test tools and the Hugging Face extra).
+# torch 2.13.0 and layerlmc itself (editable, with the test tools, the Hugging Face and Ray extras).
 # Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +27,5 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,hf]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,hf,ray]'
 echo "install.sh: layerlmc is installed in .venv ($(.venv/bin/layerlmc --version))"

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path as FilePath
 
 import pandas as pd
@@ -17,9 +17,9 @@ from .barriers import check_choices, compute_barriers, needed_alphas
 from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from .evaluate import (
     Evaluator,
+    EvaluatorSpec,
     Job,
     Metrics,
-    make_evaluator,
     prepare_splits,
     resolve_device,
     statistics_batches,
@@ -112,6 +112,7 @@ def evaluate_paths(
     step: int | None = None,
     unit: str | None = None,
     progress: bool | None = None,
+    stored: Iterable[Mapping] = (),
 ) -> list[dict]:
     """Point records (DESIGN.md §4) for the endpoints and every point of ``paths``.
 
@@ -119,7 +120,8 @@ def evaluate_paths(
     to an endpoint (e.g. a group path at α=0 with base ``a``) or to each other (the first
     prefix of a cumulative path and that group's own path) reuse one evaluation. With
     ``run``, records already in its ``points.jsonl`` are not evaluated again and new ones are
-    appended as each point finishes.
+    appended as each point finishes; records in ``stored`` are reused in the same way (a
+    worker given the endpoints' records by its driver).
 
     The evaluator's BatchNorm policy (``evaluator.bn``) decides the statistics of each state:
     under ``keep-base`` they are left out of every path's interpolated keys (so the full path
@@ -133,7 +135,7 @@ def evaluate_paths(
     # a key equal in a and b is the same in every point (all of them at a shared initialization)
     same = [torch.equal(a[k], b[k]) for k in float_keys]
 
-    stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+    stored = {point_key(r): r for r in [*(run.read_points() if run is not None else ()), *stored]}
     known: dict[tuple, Metrics] = {}  # (b-weights, split) → metrics
     records: list[dict] = []
     todo: list[tuple[Point, Point, tuple, list[str]]] = []
@@ -161,7 +163,7 @@ def evaluate_paths(
     if fresh_states:
         log.info("evaluating %d network states (%s examples)%s", fresh_states, sizes,
                  f"; {len(stored)} records already stored" if stored else "")
-    elif stored:
+    elif stored and run is not None:
         log.info("all points already stored in %s; nothing to evaluate", run.points_file)
     with tqdm(total=len(todo), desc="evaluating", unit="point", disable=_no_bar(progress, fresh_states)) as bar:
         if evaluator.kind != "plain":
@@ -317,8 +319,9 @@ def build_evaluator(
     if bn == "recompute" and batchnorm_modules(model):
         batches = statistics_batches(data, bn_split, bn_batches, size, seed, target)
     source = f"split '{bn_split}' (seed {seed})"
-    chosen = make_evaluator(evaluator, model.to(target), prepared, batch_size, bn=bn,
-                            bn_batches=batches, bn_source=source)
+    spec = EvaluatorSpec(evaluator, model.to(target), prepared, batch_size, bn, batches, source)
+    chosen = spec.build()
+    chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
     chosen.check({k: v.to(target) for k, v in state.items()})
     return chosen
 

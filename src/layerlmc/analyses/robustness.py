@@ -19,6 +19,7 @@ Random-direction records store ``alpha = t``. Group records keep the barrier con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -29,9 +30,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..cells import PathWork, evaluate_cells
 from ..checkpoints import StateDict, check_pair, reorder_like
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Metrics
+from ..executors import Executor, using_executor
 from ..layers import LayerGroup, layer_groups, select_groups, tied_keys
 from ..lmc import _no_bar, analysis_inputs, as_list, build_evaluator, evaluate_paths, state_digest
 from ..paths import BASES, Path, group_paths, parse_alphas
@@ -229,6 +232,32 @@ def evaluate_directions(
     return records
 
 
+@dataclasses.dataclass(frozen=True)
+class DirectionWork:
+    """A cell of a distributed robustness analysis: every random direction of one group and
+    base, at every step fraction (:func:`evaluate_directions` for that group and base)."""
+
+    group: LayerGroup
+    base: str
+    fractions: tuple[float, ...]
+    samples: int
+    seed: int
+    moving: tuple[str, ...]
+
+    def keys(self, splits, step, unit):
+        return [point_key(_direction_record(self.group, self.base, t, sample, split, step, unit))
+                for sample in range(self.samples) for t in self.fractions for split in splits]
+
+    def __call__(self, evaluator, a, b, step, unit, stored):
+        base_metrics = {(r["base"], r["split"]): Metrics(r["loss"], r["accuracy"], r["n"])
+                        for r in stored if r["kind"] == "endpoint"}
+        return evaluate_directions(
+            evaluator, a, b, [self.group], bases=[self.base], fractions=self.fractions,
+            samples=self.samples, seed=self.seed, base_metrics=base_metrics,
+            stored={point_key(r): r for r in stored}, step=step, unit=unit,
+            moving={self.group.name: self.moving}, progress=False)
+
+
 def _direction_record(group: LayerGroup, base: str, t: float, sample: int, split: str,
                       step: int | None, unit: str | None,
                       metrics: Metrics | None = None) -> dict:
@@ -369,6 +398,8 @@ def robustness(
     bn_batch_size: int | None = None,
     bn_split: str = "train",
     evaluator: str = "plain",
+    executor: str | Executor = "local",
+    address: str | None = None,
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -384,6 +415,9 @@ def robustness(
     BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
     ``recompute``, as in :func:`layerlmc.barriers`; under any policy but ``interpolate`` the
     running statistics are no part of a random direction (nor of its norm).
+    ``executor`` (``local``, ``ray`` with the cluster's ``address``, or an
+    :class:`~layerlmc.executors.Executor`) runs the cells (per step: each averaging path, and
+    each group and base's random directions); the records are the same.
 
     Returns the ``robustness.csv`` table (:func:`robustness_table`). With ``out``, the folder
     gets ``config.yaml``, ``run.json``, ``points.jsonl``, ``robustness.csv`` and ``figures/``;
@@ -464,9 +498,8 @@ def robustness(
     if run is not None and step_digests:
         run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
 
-    records: list[dict] = []
-    with run.status_on_error() if run is not None else contextlib.nullcontext():
-        stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+    def loaded():
+        """Each pair, loaded and checked against the checkpoints it was analysed from."""
         for number, (step, source_a, source_b) in enumerate(pairs, start=1):
             if number == 1:
                 state_a, state_b = first_a, first_b
@@ -482,16 +515,30 @@ def robustness(
                 run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
             if step is not None:
                 log.info("%s %d (%d of %d)", unit, step, number, len(pairs))
-            found = evaluate_paths(evaluator, state_a, state_b, paths, run=run, step=step,
-                                   unit=step_unit, progress=progress)
-            base_metrics = {(r["base"], r["split"]): Metrics(r["loss"], r["accuracy"], r["n"])
-                            for r in found if r["kind"] == "endpoint"}
-            found += evaluate_directions(
-                evaluator, state_a, state_b, group_list, bases=bases, fractions=fractions,
-                samples=samples, seed=seed, base_metrics=base_metrics, run=run, stored=stored,
-                step=step, unit=step_unit, moving=moving, progress=progress,
-            )
-            records += found
+            yield step, state_a, state_b
+
+    records: list[dict] = []
+    with (run.status_on_error() if run is not None else contextlib.nullcontext(),
+          using_executor(executor, address, device=evaluator.device) as runner):
+        if runner.name == "local":
+            stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+            for step, state_a, state_b in loaded():
+                found = evaluate_paths(evaluator, state_a, state_b, paths, run=run, step=step,
+                                       unit=step_unit, progress=progress)
+                base_metrics = {(r["base"], r["split"]): Metrics(r["loss"], r["accuracy"], r["n"])
+                                for r in found if r["kind"] == "endpoint"}
+                found += evaluate_directions(
+                    evaluator, state_a, state_b, group_list, bases=bases, fractions=fractions,
+                    samples=samples, seed=seed, base_metrics=base_metrics, run=run, stored=stored,
+                    step=step, unit=step_unit, moving=moving, progress=progress,
+                )
+                records += found
+        else:
+            cells = [PathWork((path,)) for path in paths] + [
+                DirectionWork(group, base, fractions, samples, seed, tuple(moving[group.name]))
+                for base in bases for group in group_list]
+            records = evaluate_cells(runner, evaluator, loaded(), lambda step: cells, run=run,
+                                     unit=step_unit, progress=progress)
     table = robustness_table(records)
     if run is not None:
         run.write_file("robustness.csv", table.to_csv(index=False))

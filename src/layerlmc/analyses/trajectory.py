@@ -12,8 +12,10 @@ import pandas as pd
 import torch
 
 from ..barriers import compute_barriers
+from ..cells import PathWork, evaluate_cells
 from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..errors import LayerLMCError
+from ..executors import Executor, using_executor
 from ..layers import LayerGroup, layer_groups, tied_keys
 from ..lmc import (
     analysis_inputs,
@@ -138,6 +140,8 @@ def trajectory(
     bn_batch_size: int | None = None,
     bn_split: str = "train",
     evaluator: str = "plain",
+    executor: str | Executor = "local",
+    address: str | None = None,
     plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -146,7 +150,9 @@ def trajectory(
     per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
     ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
     ``bn`` is the BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
-    ``recompute``, as in :func:`layerlmc.barriers`. Returns ``(barriers, distances)``."""
+    ``recompute``, as in :func:`layerlmc.barriers`. ``executor`` (``local``, ``ray`` with the
+    cluster's ``address``, or an :class:`~layerlmc.executors.Executor`) runs the (step, path)
+    cells: the records are the same. Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
     init_step = min(set(a_checkpoints) & set(b_checkpoints))
@@ -181,8 +187,10 @@ def trajectory(
         cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
         references=references, seed=seed,
     )
-    records, distances = [], []
-    with run.status_on_error():
+    distances: list[dict] = []
+
+    def pairs():
+        """Each chosen step's checkpoints, loaded and checked, its distances noted."""
         for number, step in enumerate(chosen, start=1):
             a = a_init if step == init_step else _load(a_checkpoints[step], expected)
             b = b_init if step == init_step else _load(b_checkpoints[step], expected)
@@ -195,8 +203,20 @@ def trajectory(
             step_digests[step] = digests
             run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
             log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
-            records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit, progress=progress)
-            distances += [{"step": step, "unit": unit, **row} for row in layer_distances(a, b, a_init, b_init, group_list)]
+            distances.extend({"step": step, "unit": unit, **row}
+                             for row in layer_distances(a, b, a_init, b_init, group_list))
+            yield step, a, b
+
+    records: list[dict] = []
+    with run.status_on_error(), using_executor(executor, address, device=evaluator.device) as runner:
+        if runner.name == "local":
+            for step, a, b in pairs():
+                records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
+                                          progress=progress)
+        else:
+            cells = [PathWork((path,)) for path in paths]
+            records = evaluate_cells(runner, evaluator, pairs(), lambda step: cells, run=run,
+                                     unit=unit, progress=progress)
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
     run.write_barriers(table)

@@ -14,7 +14,14 @@ from ..train.federated import federate, round_summary
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: the config's out, else runs/<name>].")
-def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where the clients of a round train: in this process, or as Ray tasks in "
+                   "parallel (pip install 'layerlmc[ray]') [default: the config's executor, local].")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="--executor ray: a running Ray cluster's address [default: start a local Ray "
+                   "instance].")
+def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None,
+                     executor: str | None, address: str | None) -> None:
     """Simulate federated training from a YAML CONFIG: K clients, local training, averaging
     of all layers or only some of them each round, personalized evaluation.
 
@@ -26,9 +33,13 @@ def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None)
     Examples:
       layerlmc federate configs/fed_fmnist_dirichlet.yaml
       layerlmc federate configs/fed_fmnist_dirichlet.yaml aggregate.exclude=head name=fedper
+      layerlmc federate configs/fed_fmnist_dirichlet.yaml clients=100 --executor ray
       layerlmc trajectory runs/fed_fmnist_dirichlet --pair client_00,client_01
     """
-    settings = load_config(FederatedConfig, config, overrides)
+    # the flags are config keys too (setting no weight depends on), so a resume may change them
+    flags = [f"executor={executor}"] if executor else []
+    flags += [f"address={address}"] if address else []
+    settings = load_config(FederatedConfig, config, [*overrides, *flags])
     folder = federate(settings, out)
     clients = pd.read_csv(folder / "clients.csv")
     click.echo("clients: local train / test examples, classes seen, aggregation weight")

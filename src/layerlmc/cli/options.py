@@ -119,6 +119,20 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
     )
 
 
+def executor_options(what: str) -> Callable:
+    """--executor and --address: where the independent pieces of a command run."""
+    return _stack(
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True,
+                     help=f"Where {what} run: in this process, or as Ray tasks in parallel "
+                          "(pip install 'layerlmc[ray]'; see docs/reliability.md)."),
+        click.option("--address", default=None, metavar="HOST:PORT",
+                     help="--executor ray: the address of a running Ray cluster, e.g. "
+                          "ray://head:10001 [default: start a local Ray instance on this "
+                          "machine's CPUs]."),
+    )
+
+
 def source_options(out_help: str, every_default: int | None = 1, files: bool = False) -> Callable:
     """Where an analysis over checkpoints takes a and b from (see :func:`resolve_source`):
     --b, --pair, the model and data, --out and the step selection. With ``files``, SOURCE and

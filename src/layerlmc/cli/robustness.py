@@ -11,6 +11,7 @@ from ..specs import build_data, build_model
 from .options import (
     bn_kwargs,
     eval_options,
+    executor_options,
     group_options,
     resolve_source,
     source_options,
@@ -38,9 +39,10 @@ from .options import (
 @click.option("--at", type=float, default=0.5, show_default=True,
               help="Step fraction shown in the heatmaps and the summary (one of --alphas).")
 @eval_options(max_examples_default=None)
+@executor_options("the cells (per step: each averaging path, each group's random directions)")
 def robustness_command(source, source_b, pair, model_spec, model_args, data_spec, data_args, out,
                        every, steps, allow_missing, unit, scheme, patterns, per_tensor, layers,
-                       bases, samples, alphas, at, **options) -> None:
+                       bases, samples, alphas, at, executor, address, **options) -> None:
     """Is the averaging direction special? Each group moved towards the other model vs along
     random directions of the same norm (PAPER.md §4.1).
 
@@ -79,7 +81,8 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
               "every": every, "steps": src.steps, "unit": unit, **kwargs}
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
-    table = robustness(model, src.a, src.b, data, src.out, config=config, **kwargs)
+    table = robustness(model, src.a, src.b, data, src.out, config=config, executor=executor,
+                       address=address, **kwargs)
     report_robustness(table, src.out, at, options["plots"])
 
 

@@ -13,6 +13,7 @@ from ..specs import build_data, build_model
 from .options import (
     analysis_kwargs,
     eval_options,
+    executor_options,
     path_options,
     print_table,
     resolve_source,
@@ -25,8 +26,9 @@ from .options import (
 @source_options("Analysis folder [default: SOURCE/analysis for a training run].")
 @path_options(alphas_default="0,0.5,1")
 @eval_options(max_examples_default=None)
+@executor_options("the (step, path) cells")
 def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec, data_args, out, every, steps,
-                       allow_missing, unit, **options) -> None:
+                       allow_missing, unit, executor, address, **options) -> None:
     """Full, layer-wise and cumulative barriers, and layer distances, at every step of a pair.
 
     SOURCE is a training run folder (from `layerlmc train`), or a folder or glob of model a's
@@ -37,6 +39,7 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
     Examples:
       layerlmc trajectory runs/pair_fmnist_cnn --every 2 --cumulative shallow --cumulative deep
       layerlmc trajectory 'ckpts/run0/*.pt' --b 'ckpts/run1/*.pt' --model net.py:make --data data.py:splits --out runs/t
+      layerlmc trajectory runs/pair_fmnist_cnn --executor ray --address ray://head:10001
     """
     src = resolve_source(source, source_b, pair, model_spec, model_args, data_spec, data_args,
                          out, steps, default_out="analysis")
@@ -48,7 +51,8 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
     table, _ = trajectory(model, src.a, src.b, data, src.out, unit=unit, every=every,
-                          steps=src.steps, allow_missing=allow_missing, config=config, **kwargs)
+                          steps=src.steps, allow_missing=allow_missing, config=config,
+                          executor=executor, address=address, **kwargs)
     report_trajectory(table, src.out, kwargs["definitions"][0], kwargs["references"][0])
 
 

@@ -6,6 +6,8 @@ time a study takes, so it is a setting, never an input of the stored numbers.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +48,32 @@ def make_evaluator(kind: str, model: torch.nn.Module, splits: Mapping[str, Split
     if kind == "vmap":
         return VectorizedEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
     return AutoEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
+
+
+@dataclasses.dataclass
+class EvaluatorSpec:
+    """Everything an evaluator is made of (:func:`make_evaluator`'s arguments), so that a
+    worker process of a distributed executor builds the same evaluator as the driver."""
+
+    kind: str
+    model: torch.nn.Module
+    splits: Mapping[str, Split]
+    batch_size: int
+    bn: str = "interpolate"
+    bn_batches: Sequence[torch.Tensor] = ()
+    bn_source: str = ""
+
+    def build(self) -> Evaluator:
+        return make_evaluator(self.kind, self.model, self.splits, self.batch_size, bn=self.bn,
+                              bn_batches=self.bn_batches, bn_source=self.bn_source)
+
+    def to(self, device: torch.device | str) -> EvaluatorSpec:
+        """A copy on ``device`` (the model and tensors; CPU to ship it to workers)."""
+        return dataclasses.replace(
+            self, model=copy.deepcopy(self.model).to(device),
+            splits={name: Split(s.name, s.inputs.to(device), s.labels.to(device))
+                    for name, s in self.splits.items()},
+            bn_batches=[batch.to(device) for batch in self.bn_batches])
 
 
 class AutoEvaluator(IncrementalEvaluator):

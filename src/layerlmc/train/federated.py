@@ -40,7 +40,7 @@ from ..config import AggregateConfig, FederatedConfig, to_dict
 from ..data.partition import partition, summary_table
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Split, prepare_splits, resolve_device
-from ..executors import get_executor
+from ..executors import Shared, using_executor
 from ..layers import LayerGroup, layer_groups, tied_keys
 from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
@@ -56,7 +56,7 @@ from .runner import (
 log = logging.getLogger("layerlmc")
 AVERAGE = "average"
 #: Config fields that change neither the clients' weights nor the history's numbers of a round.
-FEDERATED_NOT_WEIGHTS = (*NOT_WEIGHTS, "multimodel", "executor")
+FEDERATED_NOT_WEIGHTS = (*NOT_WEIGHTS, "multimodel", "executor", "address")
 
 
 def aggregate(
@@ -161,7 +161,7 @@ class ClientTask:
     round: int
     state: StateDict
     optimizer_state: dict | None
-    train: Split
+    train: Shared[Split]  # shared once per run, not shipped with every round's task
 
 
 @dataclass
@@ -183,6 +183,9 @@ class LocalTraining:
         config = self.config
         model = build_model(config.model.name, config.model.args).to(self.device)
         model.load_state_dict(task.state)
+        train = task.train.get()
+        if train.labels.device != self.device:  # shipped to a worker on the CPU
+            train = Split(train.name, train.inputs.to(self.device), train.labels.to(self.device))
         optimizer = make_optimizer(config, model)
         if task.optimizer_state is not None:
             optimizer.load_state_dict(task.optimizer_state)
@@ -193,7 +196,7 @@ class LocalTraining:
         losses = []
         for local in range(1, passes + 1):
             epoch = (task.round - 1) * passes + local
-            _, loss = train_epoch(model, optimizer, task.train, config, seed, epoch, total_epochs,
+            _, loss = train_epoch(model, optimizer, train, config, seed, epoch, total_epochs,
                                   where=f"client {task.client} in round {task.round}", batches=config.local_steps)
             losses.append(loss)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -264,9 +267,11 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
     evaluator = Evaluator(model, {**local_test, **global_test}, config.eval_batch_size)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     groups = averaged_groups(init, model, config.aggregate)
-    executor = get_executor(config.executor)
-
-    with run.status_on_error():
+    with run.status_on_error(), using_executor(config.executor, config.address, device=device) as executor:
+        if executor.name == "local":
+            shared_train = [executor.share(split) for split in local_train]
+        else:
+            shared_train = [executor.share(Split(s.name, s.inputs.cpu(), s.labels.cpu())) for s in local_train]
         done, states, optimizers = _resume(folder, names, init, weights, groups, config.aggregate.strategy, device)
         logged = {(r["round"], r["model"], r["split"]) for r in read_federated_history(folder)}
         if done == 0 and not round_checkpoint(folder, AVERAGE, 0).exists():
@@ -283,7 +288,7 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
         for round_ in bar:
             began = time.perf_counter()
             chosen = participants(config, round_)
-            tasks = [ClientTask(i, round_, states[i], optimizers[i], local_train[i]) for i in chosen]
+            tasks = [ClientTask(i, round_, states[i], optimizers[i], shared_train[i]) for i in chosen]
             losses = {}
             for result in executor.map(local_training, tasks):
                 states[result.client] = result.state

@@ -1,0 +1,167 @@
+"""An analysis split into independent cells (step × path) for a distributed executor.
+
+The local executor evaluates a step's points in one loop (:func:`layerlmc.lmc.evaluate_paths`),
+where identical states are shared across paths. On a cluster the same points are cut into
+cells: per step, one cell for the two endpoints, then one per path (or per random-direction
+family), each given the endpoints' records. The evaluator's specification is shared once per
+analysis and each step's endpoint weights once per step; a cell carries only handles to them.
+
+The driver is the only writer: it appends a finished cell's new records to ``points.jsonl``
+in one fsynced write, skips cells whose records are all stored (a rerun after a kill), and
+never appends a point key twice. Numbers equal the local executor's: a state evaluated in
+another cell is the same state, evaluated by the same evaluator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from .checkpoints import StateDict
+from .evaluate import Evaluator, EvaluatorSpec
+from .executors import Executor, Shared
+from .lmc import _no_bar, _record, endpoint_paths, evaluate_paths
+from .paths import Path
+from .results import RunDir, point_key
+
+
+class CellWork(Protocol):
+    """What a cell computes at one step: records of its points, given the evaluator, the
+    endpoints and the records already known (the endpoints', and any of its own)."""
+
+    def keys(self, splits: Sequence[str], step: int | None, unit: str | None) -> list[tuple]:
+        """The point keys of the records it returns, computed without evaluating anything."""
+        ...
+
+    def __call__(self, evaluator: Evaluator, a: StateDict, b: StateDict, step: int | None,
+                 unit: str | None, stored: Sequence[Mapping]) -> list[dict]:
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PathWork:
+    """The points of some paths (none: only the two endpoints)."""
+
+    paths: tuple[Path, ...] = ()
+
+    def keys(self, splits, step, unit):
+        paths = self.paths or tuple(endpoint_paths())
+        return [point_key(_record(point, split, step, unit))
+                for path in paths for point in path.points() for split in splits]
+
+    def __call__(self, evaluator, a, b, step, unit, stored):
+        return evaluate_paths(evaluator, a, b, list(self.paths), step=step, unit=unit,
+                              progress=False, stored=stored)
+
+
+@dataclasses.dataclass
+class Cell:
+    """A task: ``work`` at ``step``, on the shared evaluator and endpoints."""
+
+    evaluator: Shared[EvaluatorSpec]
+    a: Shared[StateDict]
+    b: Shared[StateDict]
+    step: int | None
+    unit: str | None
+    work: CellWork
+    stored: list[dict]
+
+
+def evaluate_cell(cell: Cell) -> list[dict]:
+    """Runs on a worker: the cell's records (the evaluator is built once per worker)."""
+    evaluator = _evaluator(cell.evaluator)
+    return cell.work(evaluator, cell.a.get(), cell.b.get(), cell.step, cell.unit, cell.stored)
+
+
+def _evaluator(spec: Shared[EvaluatorSpec]) -> Evaluator:
+    key = getattr(spec, "key", None)
+    if key is None:  # this process: build it once per handle
+        if not hasattr(spec, "_built"):
+            spec._built = spec.get().build()
+        return spec._built
+    from .executors import worker_cached
+
+    return worker_cached(f"{key}:evaluator", lambda: spec.get().build())
+
+
+def evaluate_cells(
+    executor: Executor,
+    evaluator: Evaluator,
+    steps: Iterable[tuple[int | None, StateDict, StateDict]],
+    works: Callable[[int | None], Sequence[CellWork]],
+    *,
+    run: RunDir | None,
+    unit: str | None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Every record of the endpoints and of ``works(step)`` at every step, evaluated as cells
+    on ``executor``; returned in the order the cells are listed (endpoints first per step).
+
+    ``steps`` yields ``(step, a, b)`` and is consumed a block of steps at a time (the
+    endpoint weights of one block are in the object store together), so a caller may load
+    and check each step's checkpoints as it is drawn.
+    """
+    splits = list(evaluator.splits)
+    stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+    spec = executor.share(evaluator.spec.to("cpu"))
+    window = getattr(executor, "window", 1)
+    drawn = iter(steps)
+    block_size = 1
+    ordered: list[dict] = []
+    bar = tqdm(total=0, desc="cells", unit="cell", disable=_no_bar(progress, 3))
+
+    def finished(results: Iterator[tuple[int, list[dict]]]) -> None:
+        for _, records in results:
+            fresh = {}
+            for record in records:
+                key = point_key(record)
+                if key not in stored and key not in fresh:
+                    fresh[key] = record
+            if run is not None and fresh:
+                run.append_points(fresh.values())  # one fsynced write per cell
+            stored.update(fresh)
+            bar.update()
+
+    with bar:
+        while True:
+            block = list(itertools.islice(drawn, block_size))
+            if not block:
+                break
+            shared = {}
+            endpoint_cells, later = [], []
+            for step, a, b in block:
+                shared[step] = (executor.share(_cpu(a)), executor.share(_cpu(b)))
+                ends = PathWork()
+                if not all(k in stored for k in ends.keys(splits, step, unit)):
+                    endpoint_cells.append(Cell(spec, *shared[step], step, unit, ends, []))
+                later.append((step, works(step)))
+            bar.total += len(endpoint_cells)
+            finished(executor.map_unordered(evaluate_cell, endpoint_cells))
+            cells = []
+            for step, step_works in later:
+                ends = [stored[k] for k in PathWork().keys(splits, step, unit)]
+                ordered += ends
+                for work in step_works:
+                    keys = work.keys(splits, step, unit)
+                    if not all(k in stored for k in keys):
+                        known = [stored[k] for k in keys if k in stored]
+                        cells.append(Cell(spec, *shared[step], step, unit, work, ends + known))
+            bar.total += len(cells)
+            finished(executor.map_unordered(evaluate_cell, cells))
+            for step, step_works in later:
+                for work in step_works:
+                    ordered += [stored[k] for k in work.keys(splits, step, unit)]
+            del shared  # the block's endpoints leave the object store
+            # enough steps per block to give every worker a cell, after the first one
+            cells_per_step = 1 + len(later[0][1])
+            block_size = max(1, math.ceil(window / cells_per_step))
+    return ordered
+
+
+def _cpu(state: StateDict) -> StateDict:
+    return {k: v.detach().cpu() for k, v in state.items()}

@@ -1,0 +1,203 @@
+"""Executors: Ray gives the local executor's records, retries dead workers, ships data once."""
+
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from layerlmc.analyses import find_checkpoints
+from layerlmc.analyses.robustness import robustness
+from layerlmc.analyses.trajectory import trajectory
+from layerlmc.checkpoints import load_state_dict, save_state_dict
+from layerlmc.cli.main import main
+from layerlmc.config import FederatedConfig, load_config
+from layerlmc.errors import LayerLMCError
+from layerlmc.executors import LocalExecutor, RayExecutor, get_executor
+from layerlmc.results import RunDir, point_key
+from layerlmc.specs import build_model
+from layerlmc.train import federated
+from layerlmc.train.federated import federate, round_checkpoint
+
+from .test_cli import _fails
+from .test_federated import fed_config  # noqa: F401 - a fixture
+
+ray = pytest.importorskip("ray")
+
+MLP = {"in_features": 16, "hidden": [12, 8], "num_classes": 3}
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    """One local Ray instance (2 CPUs) for the module; tasks defined here travel by value."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(num_cpus=2, max_retries=2)
+    yield executor
+    executor.close()
+
+
+@pytest.fixture(scope="module")
+def pair_steps(tmp_path_factory):
+    """Checkpoints of a and b at four steps around one initialization, and the data."""
+    root = tmp_path_factory.mktemp("steps")
+    torch.manual_seed(0)
+    model = build_model("mlp", MLP)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    for side in "ab":
+        for step in range(4):
+            moved = {k: v + 0.2 * step * torch.randn_like(v) for k, v in init.items()}
+            save_state_dict(moved, root / side / f"epoch_{step:04d}.safetensors")
+    data = {"train": (torch.randn(120, 16), torch.randint(0, 3, (120,))),
+            "test": (torch.randn(80, 16), torch.randint(0, 3, (80,)))}
+    return root, model, find_checkpoints(root / "a"), find_checkpoints(root / "b"), data
+
+
+def _records(folder):
+    lines = (folder / "points.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _as_set(records):
+    return {json.dumps(r, sort_keys=True) for r in records}
+
+
+def _sorted(table):
+    columns = [c for c in table.columns if c != "value"]
+    return table.sort_values(columns).reset_index(drop=True)
+
+
+class Double:
+    def __call__(self, task):
+        return task * 2
+
+
+class DieOnce:
+    """Kills its worker process the first time it sees each task (a marker file remembers)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, task):
+        marker = self.folder / f"seen_{task}"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return task + 100
+
+
+class AlwaysDie:
+    def __call__(self, task):
+        os._exit(1)
+
+
+class Refuse:
+    def __call__(self, task):
+        raise LayerLMCError(f"task {task} refused")
+
+
+def test_local_and_ray_map_in_task_order(ray_executor):
+    assert list(LocalExecutor().map(Double(), range(5))) == [0, 2, 4, 6, 8]
+    assert list(ray_executor.map(Double(), range(7))) == [0, 2, 4, 6, 8, 10, 12]
+    assert sorted(ray_executor.map_unordered(Double(), [3, 4])) == [(0, 6), (1, 8)]
+    shared = ray_executor.share({"x": torch.arange(3)})
+    assert torch.equal(shared.get()["x"], torch.arange(3))
+
+
+def test_a_dead_worker_is_retried_and_bounded(ray_executor, tmp_path):
+    before = ray_executor.retries
+    assert list(ray_executor.map(DieOnce(tmp_path), [1, 2])) == [101, 102]
+    assert ray_executor.retries - before == 2
+    with pytest.raises(LayerLMCError, match="failed 3 times on Ray workers that died"):
+        list(ray_executor.map(AlwaysDie(), [0]))
+    # an error of the task itself is not retried: it is raised as it would be locally
+    with pytest.raises(LayerLMCError, match="task 5 refused"):
+        list(ray_executor.map(Refuse(), [5]))
+
+
+def test_unknown_executor_and_misplaced_address():
+    with pytest.raises(LayerLMCError, match="unknown executor 'dask'"):
+        get_executor("dask")
+    with pytest.raises(LayerLMCError, match="--address .* --executor ray"):
+        get_executor("local", address="head:6379")
+
+
+def test_trajectory_on_ray_equals_local_and_ships_data_once(pair_steps, ray_executor, tmp_path, monkeypatch):
+    root, model, a, b, data = pair_steps
+    options = {"cumulative": ["deep"], "plots": False, "progress": False}
+    local, local_distances = trajectory(model, a, b, data, tmp_path / "local", **options)
+    shares = []
+    original = RayExecutor.share
+    monkeypatch.setattr(RayExecutor, "share", lambda self, value: shares.append(value) or original(self, value))
+    on_ray, ray_distances = trajectory(model, a, b, data, tmp_path / "ray", executor=ray_executor, **options)
+    pd.testing.assert_frame_equal(_sorted(local), _sorted(on_ray))
+    pd.testing.assert_frame_equal(local_distances, ray_distances)
+    assert _as_set(_records(tmp_path / "local")) == _as_set(_records(tmp_path / "ray"))
+    # the evaluator (model and data) once, then each step's two endpoints once
+    assert len(shares) == 1 + 2 * len(a)
+
+
+def test_killed_ray_driver_resumes_without_duplicates(pair_steps, ray_executor, tmp_path, monkeypatch):
+    root, model, a, b, data = pair_steps
+    options = {"cumulative": ["shallow"], "plots": False, "progress": False}
+    trajectory(model, a, b, data, tmp_path / "clean", **options)
+    calls = {"n": 0}
+    original = RunDir.append_points
+
+    def killed_after_five_cells(self, records):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        original(self, records)
+
+    monkeypatch.setattr(RunDir, "append_points", killed_after_five_cells)
+    with pytest.raises(KeyboardInterrupt):
+        trajectory(model, a, b, data, tmp_path / "killed", executor=ray_executor, **options)
+    monkeypatch.setattr(RunDir, "append_points", original)
+    partial = _records(tmp_path / "killed")
+    assert 0 < len(partial) < len(_records(tmp_path / "clean"))
+    trajectory(model, a, b, data, tmp_path / "killed", executor=ray_executor, **options)
+    resumed = _records(tmp_path / "killed")
+    assert len({point_key(r) for r in resumed}) == len(resumed)  # no cell twice
+    assert _as_set(resumed) == _as_set(_records(tmp_path / "clean"))
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "complete"
+
+
+def test_robustness_on_ray_equals_local(pair_steps, ray_executor, tmp_path):
+    root, model, a, b, data = pair_steps
+    options = {"samples": 2, "every": 3, "plots": False, "progress": False}
+    local = robustness(model, a, b, data, tmp_path / "local", **options)
+    on_ray = robustness(model, a, b, data, tmp_path / "ray", executor=ray_executor, **options)
+    pd.testing.assert_frame_equal(local, on_ray)
+    assert _as_set(_records(tmp_path / "local")) == _as_set(_records(tmp_path / "ray"))
+
+
+def test_federated_clients_train_on_ray_to_the_same_weights(fed_config, ray_executor, tmp_path):  # noqa: F811
+    local = federate(load_config(FederatedConfig, fed_config), tmp_path / "local", progress=False)
+    on_ray = federate(load_config(FederatedConfig, {**fed_config, "executor": "ray"}), tmp_path / "ray",
+                      progress=False)
+    names = [federated.client_name(i, 3) for i in range(3)]
+    for name in [*names, federated.AVERAGE]:
+        clean, distributed = (load_state_dict(round_checkpoint(f, name, 2)) for f in (local, on_ray))
+        assert all(torch.equal(clean[k], distributed[k]) for k in clean)
+    assert (local / "history.jsonl").read_text() == (on_ray / "history.jsonl").read_text()
+
+
+def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):
+    root, *_ = pair_steps
+    model = ["--model", "mlp", "--model-arg", "in_features=16", "--model-arg", "hidden=[12, 8]",
+             "--model-arg", "num_classes=3"]
+    data = ["--data", f"{root / 'data.py'}:make"]
+    (root / "data.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    g = torch.Generator().manual_seed(3)\n"
+        "    return {'test': (torch.randn(60, 16, generator=g), torch.randint(0, 3, (60,), generator=g))}\n")
+    args = ["trajectory", str(root / "a"), "--b", str(root / "b"), *model, *data, "--no-plots",
+            "--every", "3"]
+    assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert _as_set(_records(tmp_path / "ray")) == _as_set(_records(tmp_path / "local"))
+    capsys.readouterr()
+    _fails(capsys, [*args, "--out", str(tmp_path / "bad"), "--address", "head:6379"], "--executor ray")
