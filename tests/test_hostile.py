@@ -347,6 +347,24 @@ def test_disk_full_mid_run_leaves_whole_lines_and_a_rerun_finishes(user_files, c
     assert _status(out) == "complete"
 
 
+def test_disk_full_while_saving_a_figure_is_one_line_and_leaves_no_half_figure(user_files, capsys, monkeypatch):
+    f = user_files
+    out = f["dir"] / "figures_full"
+    from matplotlib.figure import Figure
+
+    def no_space(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", no_space)
+    _fails(capsys, _args(f, out, "--splits", "test"), "cannot write figure", "No space left on device")
+    assert _status(out) != "complete"
+    assert not list((out / "figures").iterdir())  # neither a figure nor its temporary file
+    monkeypatch.undo()
+    assert main(_args(f, out, "--splits", "test")) == 0
+    assert _status(out) == "complete" and list((out / "figures").glob("*.png"))
+
+
 def test_failed_fsync_rolls_back_the_append_and_marks_the_run_failed(user_files, capsys, monkeypatch):
     f = user_files
     clean, out = f["dir"] / "clean", f["dir"] / "nosync"

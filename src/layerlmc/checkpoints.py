@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import LayerLMCError
+from .errors import LayerLMCError, first_line
 from .layers import layer_groups
 
 StateDict = dict[str, torch.Tensor]
@@ -143,7 +143,7 @@ def load_state_dict(path: str | Path) -> StateDict:
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:
-            raise LayerLMCError(f"cannot read safetensors checkpoint {path}: {_first_line(err)}") from None
+            raise LayerLMCError(f"cannot read safetensors checkpoint {path}: {first_line(err)}") from None
         raw = _restore_order(raw, metadata.get(ORDER_METADATA))
     else:
         raw = _load_weights_only(path)
@@ -189,7 +189,7 @@ def _load_weights_only(path: Path) -> object:
         raise LayerLMCError(f"cannot read checkpoint {path}: corrupt or not a torch checkpoint ({detail})") from None
     except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways (KeyError, EOFError, ...)
         raise LayerLMCError(
-            f"cannot read checkpoint {path}: truncated or not a torch file ({type(err).__name__}: {_first_line(err)})"
+            f"cannot read checkpoint {path}: truncated or not a torch file ({type(err).__name__}: {first_line(err)})"
         ) from None
 
 
@@ -248,7 +248,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise LayerLMCError(f"cannot write checkpoint {path}: {reason}") from None
     return path
 
@@ -371,7 +371,3 @@ def _keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
     return ("key " if len(keys) == 1 else "keys ") + shown
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -22,3 +22,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 def unknown(what: str, name: str, choices: Iterable[str]) -> LayerLMCError:
     return LayerLMCError(f"unknown {what} '{name}'{did_you_mean(name, choices)}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from .errors import LayerLMCError, unknown
+from .errors import LayerLMCError, first_line, unknown
 
 log = logging.getLogger("layerlmc")
 
@@ -168,7 +168,7 @@ class RayExecutor:
                 if address and os.environ.get("RAY_AUTH_MODE") != "token":
                     hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token "
                             "and give its token (~/.ray/auth_token or RAY_AUTH_TOKEN)")
-                raise LayerLMCError(f"cannot start or reach {where}: {_first_line(err)}{hint}") from None
+                raise LayerLMCError(f"cannot start or reach {where}: {first_line(err)}{hint}") from None
             self.started = True
             log.info("Ray: %s with %d CPUs", f"cluster at {address}" if address else "local instance",
                      int(ray.cluster_resources().get("CPU", 0)))
@@ -224,7 +224,7 @@ class RayExecutor:
                     cause = getattr(err, "cause", None)
                     if isinstance(cause, Exception):
                         raise cause from None
-                    raise LayerLMCError(f"task {index} failed on a Ray worker: {_first_line(err)}") from None
+                    raise LayerLMCError(f"task {index} failed on a Ray worker: {first_line(err)}") from None
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError,
                         ray.exceptions.ObjectLostError) as err:
@@ -272,10 +272,6 @@ def _pickle_user_code_by_value(ray) -> None:
         if name.startswith("layerlmc_user_"):
             ray.cloudpickle.register_pickle_by_value(module)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 
 from .checkpoints import Origin, StateDict, tag_origin
-from .errors import LayerLMCError
+from .errors import LayerLMCError, first_line
 from .registry import datasets
 
 #: the prefix of a model spec naming a Hugging Face folder
@@ -106,7 +106,7 @@ def weight_files(folder: Path) -> list[Path]:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise LayerLMCError(f"cannot read the shard index {path}: {type(err).__name__}: "
-                                f"{_first_line(err)}") from None
+                                f"{first_line(err)}") from None
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise LayerLMCError(f"{folder}: {len(missing)} shard(s) listed in {name} are missing, "
@@ -124,7 +124,7 @@ def load_config(folder: Path):
             return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         except Exception as err:  # noqa: BLE001 - unknown model types, bad JSON, remote code, ...
             raise LayerLMCError(f"cannot read {folder / CONFIG_FILE}: {type(err).__name__}: "
-                                f"{_first_line(err)}") from None
+                                f"{first_line(err)}") from None
 
 
 def model_class(config, folder: Path, architecture: str | None = None) -> type:
@@ -227,7 +227,7 @@ def build_model(
             model = cls._from_config(config, **{_dtype_keyword(transformers): target})
         except Exception as err:  # noqa: BLE001 - transformers rejects configs in many ways
             raise LayerLMCError(f"cannot build {cls.__name__} from {folder / CONFIG_FILE}: "
-                                f"{type(err).__name__}: {_first_line(err)}") from None
+                                f"{type(err).__name__}: {first_line(err)}") from None
     model = model.to(target)
     # a forward pass per batch, never generation: a cache would only cost memory
     model.config.use_cache = False
@@ -257,7 +257,7 @@ def load_folder(path: str | Path) -> StateDict:
             model, info = cls.from_pretrained(str(folder), **kwargs)
         except Exception as err:  # noqa: BLE001 - damaged files fail in many ways
             raise LayerLMCError(f"cannot load the {cls.__name__} weights of {folder}: "
-                                f"{type(err).__name__}: {_first_line(err)}") from None
+                                f"{type(err).__name__}: {first_line(err)}") from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         more = f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
@@ -372,7 +372,7 @@ def load_tokenizer(path: str | Path):
             return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as err:  # noqa: BLE001 - missing tokenizer libraries, bad files, ...
             raise LayerLMCError(f"cannot load the tokenizer of {folder}: {type(err).__name__}: "
-                                f"{_first_line(err)}") from None
+                                f"{first_line(err)}") from None
 
 
 def _architectures(folder: Path) -> list[str]:
@@ -474,7 +474,3 @@ def _mask(
     labels = inputs.gather(1, positions)
     return inputs.scatter(1, positions, mask_id), labels
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

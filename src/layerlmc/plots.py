@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from .errors import LayerLMCError  # noqa: E402
 
 METRIC_LABEL = {"loss": "loss (cross-entropy)", "error": "error (%)"}
 BASE_COLOR = {"a": "tab:blue", "b": "tab:orange"}
@@ -126,8 +130,21 @@ def plot_run(points: pd.DataFrame, barriers: pd.DataFrame, out: Path) -> list[Pa
 
 
 def _save(fig, path: Path) -> Path:
+    try:
+        return save_figure(fig, path, 120)
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """``fig`` written to ``path`` through a temporary name, so that a reader never sees half a
+    figure; a full disk or a read-only folder is one clear error."""
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise LayerLMCError(f"cannot write figure {path}: {err.strerror or err}") from None
     return path

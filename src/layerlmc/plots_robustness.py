@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .analyses.robustness import DIRECTIONS, base_values, metric_values
+from .plots import save_figure
 from .plots_trajectory import _safe, _save, _step_key, _step_label, _unit
 
 CMAP = "Blues"
@@ -176,14 +177,10 @@ def plot_curves(rows: pd.DataFrame, metric: str, stem: Path, *, step: int | None
     split = str(rows["split"].iloc[0])
     where = f"{_unit(rows)} {step}" if step is not None else "single pair"
     fig.suptitle(f"{split} {metric}, {where}: one group moved at a time", fontsize=11)
-    path = stem.with_name(stem.name + ".png")
-    tmp = stem.with_name(stem.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(path)
+        return [save_figure(fig, stem.with_name(stem.name + ".png"), dpi)]
     finally:
         plt.close(fig)
-    return [path]
 
 
 def _numeric(table: pd.DataFrame) -> pd.DataFrame:

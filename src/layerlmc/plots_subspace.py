@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .plots import save_figure
+
 DIRECTION_STYLE = {
     "span": ("tab:green", "span of the final weights"),
     "trajectory": ("tab:green", "training-trajectory span"),
@@ -87,6 +89,7 @@ def _scatter(
     ax.set_title(f"{split} loss under noise along unit directions: {where}{note}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi)
+    finally:
+        plt.close(fig)

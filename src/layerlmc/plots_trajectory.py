@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .plots import save_figure
+
 #: Colorbar labels; error is stored as a fraction and shown in percentage points.
 BAR_LABEL = {"loss": "barrier (loss)", "error": "barrier (error, pp)"}
 SCALE = {"loss": 1.0, "error": 100.0}
@@ -347,14 +349,7 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
 
 def _save(fig, stem: Path, dpi: int) -> list[Path]:
     """``stem.png`` and ``stem.pdf``, each written to a temporary name and then moved in place."""
-    written = []
     try:
-        for suffix in (".png", ".pdf"):
-            path = stem.with_name(stem.name + suffix)
-            tmp = stem.with_name(stem.name + ".tmp" + suffix)
-            fig.savefig(tmp, dpi=dpi)
-            tmp.replace(path)
-            written.append(path)
+        return [save_figure(fig, stem.with_name(stem.name + suffix), dpi) for suffix in (".png", ".pdf")]
     finally:
         plt.close(fig)
-    return written

@@ -19,7 +19,7 @@ import yaml
 from . import data as _builtin_data  # noqa: F401  (registers the built-in datasets)
 from . import hf as _hf  # registers hf-text; imports transformers only when used
 from . import models as _builtin_models  # noqa: F401
-from .errors import LayerLMCError, did_you_mean
+from .errors import LayerLMCError, did_you_mean, first_line
 from .registry import Registry, Splits, datasets, models
 
 
@@ -53,9 +53,9 @@ def resolve_callable(spec: str, registry: Registry) -> Callable:
         try:
             module = importlib.import_module(target)
         except ImportError as err:
-            raise LayerLMCError(f"cannot import module '{target}': {_first_line(err)}") from None
+            raise LayerLMCError(f"cannot import module '{target}': {first_line(err)}") from None
         except Exception as err:  # noqa: BLE001 - any error in user code is reported as one line
-            raise LayerLMCError(f"importing {target} failed: {type(err).__name__}: {_first_line(err)}") from None
+            raise LayerLMCError(f"importing {target} failed: {type(err).__name__}: {first_line(err)}") from None
     func = getattr(module, name, None)
     if not callable(func):
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -79,13 +79,9 @@ def _import_file(path: Path):
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - any error in user code is reported as one line
-        raise LayerLMCError(f"importing {path} failed: {type(err).__name__}: {_first_line(err)}") from None
+        raise LayerLMCError(f"importing {path} failed: {type(err).__name__}: {first_line(err)}") from None
     return module
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _call(func: Callable, kwargs: Mapping[str, object], spec: str):
@@ -100,7 +96,7 @@ def _call(func: Callable, kwargs: Mapping[str, object], spec: str):
     except LayerLMCError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise LayerLMCError(f"'{spec}' failed: {type(err).__name__}: {_first_line(err)}") from None
+        raise LayerLMCError(f"'{spec}' failed: {type(err).__name__}: {first_line(err)}") from None
 
 
 def build_model(spec: str, kwargs: Mapping[str, object] | None = None) -> torch.nn.Module:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import load_state_dict, save_state_dict
 from ..config import TrainConfig, differences, to_dict
-from ..errors import LayerLMCError
+from ..errors import LayerLMCError, first_line
 from ..evaluate import Evaluator, prepare_splits, resolve_device
 from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
@@ -128,11 +128,11 @@ def read_history(folder: Path, key: tuple[str, ...] = ("role", "epoch")) -> list
     if not path.exists():
         return []
     latest: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
             latest[tuple(record[k] for k in key)] = record
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a torn last line of a killed run; that epoch is evaluated again
     return sorted(latest.values(), key=lambda r: tuple(r[k] for k in key))
 
@@ -239,8 +239,12 @@ def make_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
 def save_optimizer(state: dict, path: Path) -> None:
     """An optimizer's state dict, written atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)  # tensors, numbers and lists only: loads with weights_only
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)  # tensors, numbers and lists only: loads with weights_only
+        tmp.replace(path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise LayerLMCError(f"cannot write {path}: {first_line(err)}") from None
 
 
 def _log_epoch(folder, role, epoch, evaluator, model, lr, seconds) -> dict:
