@@ -37,7 +37,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,31 @@ class Spec:
     rounds: int
 
 
-def specs(quick: bool, resnet_width: int) -> dict[str, Spec]:
-    if quick:
-        return {
+def specs(quick: bool, resnet_width: int, gpu: bool = False, batch: int | None = None) -> dict[str, Spec]:
+    if gpu:
+        # issue 7's GPU check: the real ResNet-18 (width 64) without normalisation, batch 512,
+        # 10,240 train and test images each: minutes, not hours, on one GPU
+        chosen = {
+            "mlp": Spec("mlp", {}, 10240, 10240, 0, 512, 3),
+            "cnn": Spec("cnn", {}, 10240, 10240, 0, 512, 2),
+            "resnet18": Spec("resnet18", {"in_channels": 1, "width": resnet_width, "norm": "none"},
+                             10240, 10240, 2, 512, 2),
+        }
+    elif quick:
+        chosen = {
             "mlp": Spec("mlp", {}, 1024, 1024, 0, 1024, 1),
             "cnn": Spec("cnn", {}, 256, 256, 0, 256, 1),
             "resnet18": Spec("resnet18", {"in_channels": 1, "width": 4, "norm": "none"},
                              256, 256, 2, 256, 1),
         }
+    else:
+        chosen = _cpu_specs(resnet_width)
+    if batch:
+        chosen = {name: replace(spec, batch=batch) for name, spec in chosen.items()}
+    return chosen
+
+
+def _cpu_specs(resnet_width: int) -> dict[str, Spec]:
     # sized so the whole run takes ~10 minutes on 2 busy cores with one thread
     return {
         "mlp": Spec("mlp", {}, 8192, 8192, 0, 1024, 5),  # ~1 s each: noisy, so more rounds
@@ -176,7 +193,7 @@ def _key(kind: str, group: str, base: str | None, alpha: float, split: str) -> s
     return f"{kind}|{group}|{base}|{alpha:g}|{split}"
 
 
-def run_baseline(spec: Spec, a, b, raw: dict) -> dict[str, list[float]]:
+def run_baseline(spec: Spec, a, b, raw: dict, device) -> dict[str, list[float]]:
     """The paper's method (PAPER.md §1.3, §9), written from its description."""
     import torch
     import torch.nn.functional as F
@@ -207,7 +224,7 @@ def run_baseline(spec: Spec, a, b, raw: dict) -> dict[str, list[float]]:
         new = dict(sd1 if base == "a" else sd2)
         for k in keys:
             new[k] = (1 - alpha) * sd1[k] + alpha * sd2[k]
-        net = make(**kwargs)
+        net = make(**kwargs).to(device)
         net.load_state_dict(new)
         return net.eval()
 
@@ -215,6 +232,7 @@ def run_baseline(spec: Spec, a, b, raw: dict) -> dict[str, list[float]]:
     def evaluate(net, loader) -> list[float]:
         batch_means, total, correct, n, batches = 0.0, 0.0, 0, 0, 0
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             out = net(x)
             batch_means += F.cross_entropy(out, y).item()
             # per-example sum too, only to check the two means agree (N is a multiple of 256)
@@ -244,7 +262,7 @@ def run_baseline(spec: Spec, a, b, raw: dict) -> dict[str, list[float]]:
     return records
 
 
-def run_layerlmc(spec: Spec, model, a, b, data: dict, evaluator: str) -> dict[str, list[float]]:
+def run_layerlmc(spec: Spec, model, a, b, data: dict, evaluator: str, device) -> dict[str, list[float]]:
     import layerlmc
     from layerlmc import lmc
 
@@ -262,7 +280,7 @@ def run_layerlmc(spec: Spec, model, a, b, data: dict, evaluator: str) -> dict[st
         options["evaluator"] = evaluator
     try:
         layerlmc.barriers(model, a, b, data, layerwise=True, bases=("a", "b"), alphas="0.5",
-                          batch_size=spec.batch, device="cpu", plots=False, progress=False,
+                          batch_size=spec.batch, device=str(device), plots=False, progress=False,
                           **options)
     finally:
         lmc.evaluate_paths = original
@@ -288,11 +306,14 @@ def worker(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
+    device = torch.device(job.get("device", "cpu"))
+    cuda = device.type == "cuda"
     spec = Spec(**job["spec"])
     method = job["method"]
     raw = {"train": _uint8_split("train", spec.train, spec.pad),
            "test": _uint8_split("test", spec.test, spec.pad)}
-    data = {} if method == "baseline" else {s: _to_tensors(*raw[s]) for s in raw}
+    data = {} if method == "baseline" else {
+        s: tuple(t.to(device) for t in _to_tensors(*raw[s])) for s in raw}
     if method != "baseline":
         raw = {}
     # the runtime's own one-time allocations (thread pool, allocator) belong to no method: the
@@ -302,32 +323,41 @@ def worker(job: dict) -> dict:
     rss_import = _status("VmRSS")
     make, kwargs = _factory(spec)
     torch.manual_seed(0)
-    model = make(**kwargs).eval()
+    model = make(**kwargs).to(device).eval()
     # a shares the model's tensors (no copy): the model, a and b hold 2× the parameter bytes
     a = model.state_dict()
     torch.manual_seed(1)
-    b = make(**kwargs).state_dict()
+    b = make(**kwargs).to(device).state_dict()
     # one-time costs (oneDNN primitives, first allocations) are nobody's: warm up before timing
     with torch.inference_mode():
         sample = torch.zeros(min(spec.batch, 8), 1, 28 + 2 * spec.pad, 28 + 2 * spec.pad)
-        model(sample)
+        model(sample.to(device))
     gc.collect()
     reset = _reset_peak()
     rss_setup = _status("VmRSS")
+    if cuda:  # on a GPU the memory that counts is the device's
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        rss_setup = torch.cuda.memory_allocated() // 1024
     profiler = cProfile.Profile() if job.get("profile") else None
     start = time.perf_counter()
     if profiler:
         profiler.enable()
     if method == "baseline":
-        records = run_baseline(spec, a, b, raw)
+        records = run_baseline(spec, a, b, raw, device)
     elif method == "floor":
         records = run_floor(spec, model, a, data)
     else:
-        records = run_layerlmc(spec, model, a, b, data, method.split(":", 1)[1])
+        records = run_layerlmc(spec, model, a, b, data, method.split(":", 1)[1], device)
     if profiler:
         profiler.disable()
+    if cuda:
+        torch.cuda.synchronize()  # the floor queues kernels without waiting for them
     seconds = time.perf_counter() - start
     peak = _status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() // 1024
+        rss_import = 0  # device memory: nothing of it is the runtime's own
     result = {"method": method, "seconds": seconds, "rss_import_kib": rss_import,
               "rss_setup_kib": rss_setup, "peak_kib": peak, "records": records,
               "param_bytes": sum(t.numel() * t.element_size() for t in a.values()),
@@ -350,8 +380,9 @@ def _trim_profile(text: str) -> str:
 # driver side
 
 
-def measure(spec: Spec, method: str, threads: int, profile: bool = False) -> dict:
-    job = {"spec": asdict(spec), "method": method, "threads": threads, "profile": profile}
+def measure(spec: Spec, method: str, threads: int, profile: bool = False, device: str = "cpu") -> dict:
+    job = {"spec": asdict(spec), "method": method, "threads": threads, "profile": profile,
+           "device": device}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
@@ -370,7 +401,7 @@ def compare(a: dict, b: dict) -> tuple[int, float, float]:
     return len(shared), rel, acc
 
 
-def machine(threads: int) -> dict[str, str]:
+def machine(threads: int, device: str = "cpu") -> dict[str, str]:
     import torch
 
     cpu = platform.processor() or "unknown"
@@ -392,7 +423,11 @@ def machine(threads: int) -> dict[str, str]:
         sha += " (with uncommitted changes)"
     import layerlmc
 
-    return {"CPU": cpu, "cores": str(os.cpu_count()), "threads": str(threads),
+    gpu = {}
+    if device.startswith("cuda"):
+        gpu = {"GPU": torch.cuda.get_device_name(torch.device(device)),
+               "CUDA": str(torch.version.cuda)}
+    return {**gpu, "CPU": cpu, "cores": str(os.cpu_count()), "threads": str(threads),
             "python": platform.python_version(), "torch": torch.__version__,
             "layerlmc": f"{getattr(layerlmc, '__version__', '?')} @ {sha}",
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
@@ -420,8 +455,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int,
                         help="rounds per model (default: 5 mlp, 2 cnn, 1 resnet18)")
-    parser.add_argument("--resnet-width", type=int, default=8,
-                        help="ResNet-18 base width (64 is the real one; 8 fits the time budget)")
+    parser.add_argument("--resnet-width", type=int, default=None,
+                        help="ResNet-18 base width (64 is the real one and the GPU default; "
+                             "8, the CPU default, fits the time budget)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda[:N]: the GPU check of issue 7 (bench/gpu.sh), with "
+                             "larger sizes, batch 512 and GPU peak memory")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="layerlmc's and the floor's batch size [default: per model; 512 on a GPU]")
     parser.add_argument("--no-memory", action="store_true", help="skip the ~100M-parameter test")
     parser.add_argument("--no-profile", action="store_true", help="no profile of missed goals")
     parser.add_argument("--out",
@@ -433,14 +474,26 @@ def main() -> None:
         return
     out = args.out or (None if args.quick else str(ROOT / "docs" / "benchmarks.md"))
     began = time.perf_counter()
-    info = machine(args.threads)
-    all_specs = specs(args.quick, args.resnet_width)
+    gpu = args.device.startswith("cuda")
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA GPU here")
+    width = args.resnet_width or (64 if gpu else 8)
+    info = machine(args.threads, args.device)
+    all_specs = specs(args.quick, width, gpu=gpu, batch=args.batch_size)
     chosen = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in chosen:
         if name not in all_specs:
             parser.error(f"unknown model '{name}': choose from {', '.join(all_specs)}")
     evaluators = [e.strip() for e in args.evaluators.split(",") if e.strip()]
     notes: list[str] = []
+    if gpu:
+        notes.append("On the GPU, peak memory is `torch.cuda.max_memory_allocated()` during the "
+                     "sweep, and \"peak extra\" subtracts what was allocated before it (data, "
+                     "model, endpoints). Baseline images are converted on the CPU item by item "
+                     "and moved to the GPU per batch, as the paper's loader does.")
     if not has_evaluator_option():
         notes.append("`layerlmc.barriers` has no `evaluator=` option in this checkout: only its "
                      "default (plain) evaluator was measured.")
@@ -457,7 +510,7 @@ def main() -> None:
             # rotate the order so that no method always runs first (or last) in a round
             order = methods[r % len(methods):] + methods[: r % len(methods)]
             for method in order:
-                result = measure(spec, method, args.threads)
+                result = measure(spec, method, args.threads, device=args.device)
                 runs[method].append(result)
                 shown = f"{result['seconds']:.2f} s" if "seconds" in result else result["error"]
                 print(f"  {name} round {r + 1}/{rounds} {method}: {shown}", flush=True)
@@ -467,7 +520,7 @@ def main() -> None:
     if not args.no_memory:
         spec = memory_spec(args.quick)
         for method in [f"layerlmc:{e}" for e in evaluators]:
-            result = measure(spec, method, args.threads)
+            result = measure(spec, method, args.threads, device=args.device)
             memory.append(result)
             shown = (f"{result['seconds']:.1f} s, peak {mib(result['peak_kib'])} MiB"
                      if "seconds" in result else result["error"])
@@ -476,10 +529,11 @@ def main() -> None:
     text = report(info, all_specs, chosen, results, methods, memory, notes, args)
     profiles = []
     if not args.no_profile:
-        profiles = profile_misses(all_specs, results, args.threads)
+        profiles = profile_misses(all_specs, results, args.threads, args.device)
     text += "".join(profiles)
     elapsed = time.perf_counter() - began
-    text += (f"\nThe whole run (`python bench/sweep.py{' --quick' if args.quick else ''}`) took "
+    command = " ".join(["python bench/sweep.py", *sys.argv[1:]])
+    text += (f"\nThe whole run (`{command}`) took "
              f"{elapsed / 60:.1f} minutes.\n")
     print(text)
     if out:
@@ -628,7 +682,7 @@ MEMORY_HEADER = ("| method | parameters | parameter bytes (MiB) | held (MiB) | s
                  "peak (MiB) | peak / parameter bytes | budget (MiB) | within |")
 
 
-def profile_misses(all_specs, results, threads: int) -> list[str]:
+def profile_misses(all_specs, results, threads: int, device: str = "cpu") -> list[str]:
     """cProfile of the fastest layerlmc evaluator wherever a speed goal was missed."""
     out = []
     for name, runs in results.items():
@@ -643,7 +697,7 @@ def profile_misses(all_specs, results, threads: int) -> list[str]:
                             and fastest["seconds"] / floor["seconds"] > 0.6)
         if not missed:
             continue
-        result = measure(all_specs[name], fastest["method"], threads, profile=True)
+        result = measure(all_specs[name], fastest["method"], threads, profile=True, device=device)
         if "profile" in result:
             out.append(f"\n### Profile: {fastest['method']} on {name} (top 12 by own time)\n\n"
                        f"```\n{result['profile']}\n```\n")
