@@ -20,6 +20,7 @@ from .evaluate import (
     EvaluatorSpec,
     Job,
     Metrics,
+    check_precision,
     prepare_splits,
     resolve_device,
     statistics_batches,
@@ -296,7 +297,7 @@ def build_evaluator(
     model: torch.nn.Module, data: Mapping[str, object], state: StateDict, splits: Sequence[str] | None,
     max_examples: int | None, seed: int, batch_size: int, device: str, *,
     bn: str = "interpolate", bn_batches: int = 10, bn_batch_size: int | None = None,
-    bn_split: str = "train", evaluator: str = "plain",
+    bn_split: str = "train", evaluator: str = "plain", precision: str = "fp32",
 ) -> Evaluator:
     """Splits loaded once onto the device, and the labels checked against the model's outputs at
     ``state`` before anything is written.
@@ -308,10 +309,12 @@ def build_evaluator(
 
     ``evaluator`` picks how states are evaluated (:data:`~layerlmc.evaluate.EVALUATORS`;
     docs/evaluators.md): ``plain``, ``incremental``, ``vmap`` or ``auto``; all give the same
-    numbers.
+    numbers. ``precision`` (``fp32``, ``bf16``, ``fp16``) is the autocast dtype of every
+    forward pass (``fp32``: none); it changes the numbers.
     """
     check_policy(bn)
     check_evaluator(evaluator)
+    check_precision(precision)
     target = resolve_device(device)
     prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
     batches: list[torch.Tensor] = []
@@ -319,7 +322,8 @@ def build_evaluator(
     if bn == "recompute" and batchnorm_modules(model):
         batches = statistics_batches(data, bn_split, bn_batches, size, seed, target)
     source = f"split '{bn_split}' (seed {seed})"
-    spec = EvaluatorSpec(evaluator, model.to(target), prepared, batch_size, bn, batches, source)
+    spec = EvaluatorSpec(evaluator, model.to(target), prepared, batch_size, bn, batches, source,
+                         precision)
     chosen = spec.build()
     chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
     chosen.check({k: v.to(target) for k, v in state.items()})
@@ -328,13 +332,15 @@ def build_evaluator(
 
 def analysis_inputs(
     model: torch.nn.Module, data: Mapping[str, object], max_examples: int | None, seed: int,
-    groups: str, patterns: Sequence[str], batchnorm: str | None = None,
+    groups: str, patterns: Sequence[str], batchnorm: str | None = None, precision: str = "fp32",
 ) -> dict[str, str]:
     """What every stored number depends on besides the checkpoints; other options only add or
     drop points, so a run folder may be reused when these are equal.
 
     ``batchnorm`` is the evaluator's :attr:`~layerlmc.evaluate.Evaluator.bn_summary`
-    (default: the ``interpolate`` policy).
+    (default: the ``interpolate`` policy); ``precision`` its
+    :attr:`~layerlmc.evaluate.Evaluator.precision` (a folder written before precision was
+    recorded counts as ``fp32``: :data:`~layerlmc.results.INPUT_DEFAULTS`).
     """
     if batchnorm is None:
         batchnorm = "interpolate" if batchnorm_modules(model) else "no BatchNorm"
@@ -344,6 +350,7 @@ def analysis_inputs(
         "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
         "BatchNorm policy": batchnorm,
+        "precision": precision,
     }
 
 
@@ -374,6 +381,7 @@ def barriers(
     bn_batch_size: int | None = None,
     bn_split: str = "train",
     evaluator: str = "plain",
+    precision: str = "fp32",
     out: str | FilePath | None = None,
     plots: bool = True,
     progress: bool | None = None,
@@ -399,6 +407,9 @@ def barriers(
 
     ``evaluator`` (``plain``, ``incremental``, ``vmap``, ``auto``; docs/evaluators.md) changes
     how long the study takes, not its numbers; a folder may be continued with another.
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) runs every forward pass under
+    ``torch.autocast`` to that dtype (``fp32``: none); it changes the numbers, so a folder
+    computed in one precision is refused in another.
     """
     state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
     state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
@@ -413,13 +424,13 @@ def barriers(
     )
     chosen = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device,
                              bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                             bn_split=bn_split, evaluator=evaluator)
+                             bn_split=bn_split, evaluator=evaluator, precision=precision)
     run = None
     if out is not None:
         run = RunDir(out)
         inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
                   **analysis_inputs(model, data, max_examples, seed, groups, patterns,
-                                    chosen.bn_summary)}
+                                    chosen.bn_summary, chosen.precision)}
         settings = dict(config) if config is not None else {
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
@@ -428,7 +439,7 @@ def barriers(
             "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
             "device": device, "seed": seed, "extrapolate": extrapolate, "bn": bn,
             "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-            "evaluator": evaluator,
+            "evaluator": evaluator, "precision": precision,
         }
         run.claim(inputs, settings, str(chosen.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():

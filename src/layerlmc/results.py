@@ -37,6 +37,11 @@ BARRIER_COLUMNS = (
     "metric", "definition", "reference", "value",
 )
 
+#: Inputs added to ``run.json`` after folders were written without them, with the value every
+#: such folder was computed with: a folder that lacks the key is compared as if it held this
+#: (an old folder continues in fp32, and refuses bf16)
+INPUT_DEFAULTS = {"precision": "fp32"}
+
 
 def point_key(record: Mapping) -> tuple:
     return tuple(record.get(field) for field in POINT_KEY)
@@ -79,6 +84,7 @@ class RunDir:
         previous = self.read_run()
         old_inputs = (previous or {}).get("inputs") or {}
         if old_inputs and self.points_file.exists():
+            old_inputs = {**INPUT_DEFAULTS, **old_inputs}
             changed = [key for key in inputs if key in old_inputs and old_inputs[key] != inputs[key]]
             if changed:
                 raise LayerLMCError(

@@ -398,6 +398,7 @@ def robustness(
     bn_batch_size: int | None = None,
     bn_split: str = "train",
     evaluator: str = "plain",
+    precision: str = "fp32",
     executor: str | Executor = "local",
     address: str | None = None,
     plots: bool = True,
@@ -414,7 +415,9 @@ def robustness(
     base, seeded by ``seed``. ``at`` is the fraction the heatmaps show. ``bn`` is the
     BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
     ``recompute``, as in :func:`layerlmc.barriers`; under any policy but ``interpolate`` the
-    running statistics are no part of a random direction (nor of its norm).
+    running statistics are no part of a random direction (nor of its norm). ``evaluator`` and
+    ``precision`` (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``) are
+    those of :func:`layerlmc.barriers`.
     ``executor`` (``local``, ``ray`` with the cluster's ``address``, or an
     :class:`~layerlmc.executors.Executor`) runs the cells (per step: each averaging path, and
     each group and base's random directions); the records are the same.
@@ -459,7 +462,7 @@ def robustness(
                                    layers=layers, per_tensor=per_tensor)
     evaluator = build_evaluator(model, data, first_a, splits, max_examples, seed, batch_size,
                                 device, bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split, evaluator=evaluator)
+                                bn_split=bn_split, evaluator=evaluator, precision=precision)
     aliases = {k for tie in tied_keys(model) for k in tie[1:]}
     # a tied alias is not passed to the model, so it takes no part in the norm or the step;
     # nor do running statistics the policy recomputes, ignores or keeps at the base, so that
@@ -473,7 +476,7 @@ def robustness(
     previous = run.read_run() if run is not None else None
     if run is not None:
         inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns,
-                                 evaluator.bn_summary)
+                                 evaluator.bn_summary, evaluator.precision)
         # the stored directions depend on the seed, which no point key records
         inputs["direction seed"] = str(seed)
         if step_unit is None:
@@ -489,7 +492,7 @@ def robustness(
             "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
             "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
             "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-            "evaluator": evaluator.kind,
+            "evaluator": evaluator.kind, "precision": evaluator.precision,
         }
         run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from (claim rewrote run.json): a checkpoint

@@ -226,6 +226,7 @@ def subspace(
     batch_size: int = 1024,
     device: str = "auto",
     seed: int = 0,
+    precision: str = "fp32",
     max_memory: int = DEFAULT_MAX_MEMORY,
     step: int | None = None,
     unit: str | None = None,
@@ -247,6 +248,8 @@ def subspace(
       averaging direction is the full d̂ with the other groups zeroed, not renormalised (norm
       ‖Δ_l‖/‖Δ‖ as in the notebooks) unless ``renormalise``.
     - ``splits``: default ``test`` when the data has it, else every split.
+    - ``precision``: the autocast dtype of the forward passes (``fp32``: none, ``bf16``,
+      ``fp16``); it changes the numbers, so a folder computed in one is refused in another.
     - ``max_memory``: bytes allowed for the d×m float32 snapshot matrix (the QR needs about
       twice that at its peak).
 
@@ -285,7 +288,7 @@ def subspace(
     if splits is None:
         splits = ["test"] if "test" in data else None
     evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size,
-                                device)
+                                device, precision=precision)
     target_device = evaluator.device
     state_a = {k: v.to(target_device) for k, v in state_a.items()}
     state_b = {k: v.to(target_device) for k, v in state_b.items()}
@@ -311,7 +314,8 @@ def subspace(
         run = RunDir(out)
         inputs = {
             "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-            **analysis_inputs(model, data, max_examples, seed, groups, patterns),
+            **analysis_inputs(model, data, max_examples, seed, groups, patterns,
+                              precision=evaluator.precision),
             "span": "final" if span == "final"
                     else f"trajectory of {len(sources)} snapshots {_sources_digest(snapshots)}",
             "directions": f"seed {seed}, {coefficients} coefficients, average "
@@ -324,7 +328,8 @@ def subspace(
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "coefficients": coefficients, "renormalise": renormalise,
             "splits": list(evaluator.splits), "max_examples": max_examples,
-            "batch_size": batch_size, "device": device, "seed": seed, "max_memory": max_memory,
+            "batch_size": batch_size, "device": device, "seed": seed, "precision": precision,
+            "max_memory": max_memory,
             "step": step, "unit": unit, "snapshots": len(snapshots or []),
         }
         run.claim(inputs, settings, str(target_device))

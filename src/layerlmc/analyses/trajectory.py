@@ -140,6 +140,7 @@ def trajectory(
     bn_batch_size: int | None = None,
     bn_split: str = "train",
     evaluator: str = "plain",
+    precision: str = "fp32",
     executor: str | Executor = "local",
     address: str | None = None,
     plots: bool = True,
@@ -150,9 +151,11 @@ def trajectory(
     per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
     ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
     ``bn`` is the BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
-    ``recompute``, as in :func:`layerlmc.barriers`. ``executor`` (``local``, ``ray`` with the
-    cluster's ``address``, or an :class:`~layerlmc.executors.Executor`) runs the (step, path)
-    cells: the records are the same. Returns ``(barriers, distances)``."""
+    ``recompute``, as in :func:`layerlmc.barriers`, and so are ``evaluator`` and ``precision``
+    (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``). ``executor``
+    (``local``, ``ray`` with the cluster's ``address``, or an
+    :class:`~layerlmc.executors.Executor`) runs the (step, path) cells: the records are the
+    same. Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
     init_step = min(set(a_checkpoints) & set(b_checkpoints))
@@ -161,20 +164,21 @@ def trajectory(
     check_pair(a_init, b_init, expected)
     evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device,
                                 bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split, evaluator=evaluator)
+                                bn_split=bn_split, evaluator=evaluator, precision=precision)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
     run = RunDir(out)
     previous = run.read_run()
     inputs = {
         "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
-        **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary),
+        **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary,
+                          evaluator.precision),
     }
     settings = dict(config) if config is not None else {
         "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
         "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
         "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-        "evaluator": evaluator.kind,
+        "evaluator": evaluator.kind, "precision": evaluator.precision,
     }
     run.claim(inputs, settings, str(evaluator.device))
     # what each step's records were computed from: a checkpoint replaced later must not be

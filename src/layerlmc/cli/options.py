@@ -15,6 +15,7 @@ import yaml
 from ..errors import LayerLMCError
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
+from ..evaluate.plain import PRECISIONS
 from ..layers import SCHEMES
 from ..specs import parse_kwargs
 
@@ -86,6 +87,15 @@ def path_options(alphas_default: str) -> Callable:
     )
 
 
+def precision_option(func):
+    """--precision: the autocast dtype of every forward pass (an input of the stored numbers)."""
+    return click.option(
+        "--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+        help="Autocast dtype of the forward passes: fp32 (none), bf16 or fp16; lower precision "
+             "changes the numbers, so a folder computed in one is not continued in another.",
+    )(func)
+
+
 def eval_options(max_examples_default: int | None = None) -> Callable:
     return _stack(
         click.option("--splits", multiple=True, help="Splits to evaluate (default: all the data has)."),
@@ -115,6 +125,7 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
                      help="How states are evaluated: plain, incremental (re-run only what a "
                           "changed group feeds), vmap (many small models at once) or auto. The "
                           "numbers are the same; see docs/evaluators.md."),
+        precision_option,
         click.option("--plots/--no-plots", default=True, show_default=True),
     )
 
@@ -270,7 +281,8 @@ def analysis_kwargs(options: dict) -> dict:
         "definitions": split_list(options["definitions"]), "references": split_list(options["references"]),
         "splits": split_list(options["splits"]) or None, "max_examples": options["max_examples"],
         "batch_size": options["batch_size"], "device": options["device"], "seed": options["seed"],
-        **bn_kwargs(options), "evaluator": options["evaluator"], "plots": options["plots"],
+        **bn_kwargs(options), "evaluator": options["evaluator"],
+        "precision": options["precision"], "plots": options["plots"],
     }
 
 
@@ -296,5 +308,6 @@ def print_table(table: pd.DataFrame, title: str) -> None:
 
 
 __all__ = ["Source", "analysis_kwargs", "bn_kwargs", "data_options", "eval_options", "group_options",
-           "is_training_run", "model_options", "parse_kwargs", "path_options", "print_table",
+           "is_training_run", "model_options", "parse_kwargs", "path_options", "precision_option",
+           "print_table",
            "resolve_source", "source_options", "split_list"]

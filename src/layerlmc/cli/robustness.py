@@ -72,7 +72,8 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
         "per_tensor": per_tensor, "splits": split_list(options["splits"]) or None,
         "max_examples": options["max_examples"], "batch_size": options["batch_size"],
         "device": options["device"], "seed": options["seed"], **bn_kwargs(options),
-        "evaluator": options["evaluator"], "plots": options["plots"],
+        "evaluator": options["evaluator"], "precision": options["precision"],
+        "plots": options["plots"],
     }
     if not src.single_pair:
         kwargs.update(unit=unit, every=every, steps=src.steps, allow_missing=allow_missing)

@@ -21,7 +21,7 @@ from ..analyses.subspace import (
 )
 from ..errors import LayerLMCError
 from ..specs import build_data, build_model
-from .options import group_options, is_training_run, resolve_source, split_list
+from .options import group_options, is_training_run, precision_option, resolve_source, split_list
 
 
 @click.command("subspace")
@@ -69,6 +69,7 @@ from .options import group_options, is_training_run, resolve_source, split_list
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random directions (and of --spacing uniform, --max-examples).")
+@precision_option
 @click.option("--max-memory", type=float, default=2.0, show_default=True, metavar="GIB",
               help="Largest snapshot matrix (parameters × snapshots × 4 bytes) allowed, in GiB.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -77,7 +78,7 @@ from .options import group_options, is_training_run, resolve_source, split_list
 def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, span, every,
                      with_init, directions, samples, per_layer, full, scheme, patterns, layers,
                      coefficients, renormalise, splits, max_examples, batch_size, device, seed,
-                     max_memory, out, plots) -> None:
+                     precision, max_memory, out, plots) -> None:
     """Loss of each network of a pair moved by σ·v, v a random unit direction in the span of the
     weights, in its null space, or the averaging direction (PAPER.md §4.2; Sec. 5.2).
 
@@ -125,7 +126,7 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
         "full": full, "groups": scheme, "patterns": list(patterns), "layers": split_list(layers),
         "coefficients": coefficients, "renormalise": renormalise, "splits": chosen_splits,
         "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
-        "max_memory_gib": max_memory,
+        "precision": precision, "max_memory_gib": max_memory,
     }
     table = subspace(
         model, runs[0][step], runs[1][step], data, out, span=span, snapshots=snapshots,
@@ -133,8 +134,8 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
         samples=samples, full=full, per_layer=per_layer, groups=scheme, patterns=list(patterns),
         layers=split_list(layers) or None, coefficients=coefficients, renormalise=renormalise,
         splits=chosen_splits, max_examples=max_examples, batch_size=batch_size, device=device,
-        seed=seed, max_memory=int(max_memory * 1024**3), step=step, unit=unit, plots=plots,
-        config=config,
+        seed=seed, precision=precision, max_memory=int(max_memory * 1024**3), step=step,
+        unit=unit, plots=plots, config=config,
     )
     report_subspace(table, Path(out), roles)
 

@@ -1,7 +1,8 @@
 """Choosing an evaluator (``--evaluator plain|incremental|vmap|auto``).
 
 Every evaluator computes the same metrics (to float rounding); the choice changes only the
-time a study takes, so it is a setting, never an input of the stored numbers.
+time a study takes, so it is a setting, never an input of the stored numbers. (The evaluation
+``precision`` is another matter: it changes the numbers, so it is an input.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from ..errors import LayerLMCError, did_you_mean
 from .data import Split
 from .incremental import IncrementalEvaluator
-from .plain import Evaluator, Job, Metrics
+from .plain import Evaluator, Job, Metrics, in_precision
 from .vectorized import VectorizedEvaluator
 
 log = logging.getLogger("layerlmc")
@@ -39,7 +40,8 @@ def check_evaluator(kind: str) -> str:
 def make_evaluator(kind: str, model: torch.nn.Module, splits: Mapping[str, Split],
                    batch_size: int = 1024, *, chunk: int = 16, **kwargs) -> Evaluator:
     """The evaluator named ``kind`` (:data:`EVALUATORS`); ``kwargs`` are the BatchNorm
-    arguments of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs at once."""
+    arguments and the ``precision`` of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs
+    at once."""
     check_evaluator(kind)
     if kind == "plain":
         return Evaluator(model, splits, batch_size, **kwargs)
@@ -62,10 +64,12 @@ class EvaluatorSpec:
     bn: str = "interpolate"
     bn_batches: Sequence[torch.Tensor] = ()
     bn_source: str = ""
+    precision: str = "fp32"
 
     def build(self) -> Evaluator:
         return make_evaluator(self.kind, self.model, self.splits, self.batch_size, bn=self.bn,
-                              bn_batches=self.bn_batches, bn_source=self.bn_source)
+                              bn_batches=self.bn_batches, bn_source=self.bn_source,
+                              precision=self.precision)
 
     def to(self, device: torch.device | str) -> EvaluatorSpec:
         """A copy on ``device`` (the model and tensors; CPU to ship it to workers)."""
@@ -99,6 +103,7 @@ class AutoEvaluator(IncrementalEvaluator):
     def _own_kind(self) -> str:
         return "incremental" if self.incremental else "plain"
 
+    @in_precision
     def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
         if self.chosen is None and len(jobs) > 1:
             self.chosen = self._measure(jobs, split)

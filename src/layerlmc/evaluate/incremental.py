@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from ..layers import tied_keys
 from .data import Split
-from .plain import Evaluator, Job, Metrics
+from .plain import Evaluator, Job, Metrics, in_precision
 
 log = logging.getLogger("layerlmc")
 
@@ -212,6 +212,7 @@ class IncrementalEvaluator(Evaluator):
 
     # the evaluator's interface ---------------------------------------------------------------
 
+    @in_precision
     @torch.inference_mode()
     def check(self, state: Mapping[str, torch.Tensor]) -> None:
         """The plain checks, then the traced graph against the model itself on a few inputs:
@@ -232,6 +233,7 @@ class IncrementalEvaluator(Evaluator):
                 self._fall_back("the traced graph computes other outputs than the model")
                 return
 
+    @in_precision
     def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
         """The metrics of every job on ``split``, in order; jobs that share a base share its
         cached values, batch by batch."""

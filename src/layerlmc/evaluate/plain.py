@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..errors import LayerLMCError
+from ..errors import LayerLMCError, did_you_mean
 from ..layers import tied_keys
 from .batchnorm import (
     batchnorm_mode,
@@ -24,6 +26,56 @@ from .batchnorm import (
 from .data import Split
 
 log = logging.getLogger("layerlmc")
+
+#: ``--precision``: the autocast dtype of every forward pass an evaluator runs (``fp32``: no
+#: autocast, the model's own dtypes). Lower precision changes the numbers, so it is an input of
+#: stored results (:func:`layerlmc.lmc.analysis_inputs`), never a mere setting.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        close = did_you_mean(str(precision), PRECISIONS)
+        raise LayerLMCError(f"unknown precision '{precision}'{close}; "
+                            f"choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_context(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
+    """A factory of the context every forward pass at ``precision`` on ``device`` runs in:
+    ``torch.autocast`` to the precision's dtype, or nothing for ``fp32``. A device type or
+    dtype autocast does not support (bf16 on a GPU without it, an accelerator without
+    autocast) is one clear error here, not a silent fall back to fp32."""
+    dtype = PRECISIONS[check_precision(precision)]
+    if dtype is None:
+        return nullcontext
+    # torch warns and disables itself where it cannot autocast: that is an error here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            enabled = getattr(torch.autocast(device.type, dtype=dtype), "_enabled", True)
+            why = str(caught[0].message) if caught else ""
+        except (RuntimeError, ValueError) as err:
+            enabled, why = False, str(err)
+    if not enabled:
+        why = (why.strip().splitlines() or [""])[0]
+        raise LayerLMCError(f"--precision {precision} is not available on device {device}"
+                            + (f" ({why})" if why else "") + "; use --precision fp32")
+    return functools.partial(torch.autocast, device.type, dtype=dtype)
+
+
+def in_precision(method: Callable) -> Callable:
+    """Run an evaluator method under the evaluator's precision (:attr:`Evaluator.precision`).
+    Every public entry point that runs the model (``prepare``, ``evaluate``,
+    ``evaluate_many``, ``check``, and the overrides of subclasses) carries it, so no forward
+    pass escapes it; nested entry points simply re-enter the same autocast."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._autocast():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
@@ -83,6 +135,10 @@ class Evaluator:
     state holds, so they are the caller's (:func:`layerlmc.lmc.evaluate_paths`). The model's
     modes and attributes are restored after every call. ``bn_source`` says where
     ``bn_batches`` come from, for :attr:`bn_summary`.
+
+    ``precision`` (:data:`PRECISIONS`: ``fp32``, ``bf16``, ``fp16``) runs every forward pass,
+    BatchNorm recomputation included, under ``torch.autocast`` to that dtype on the
+    evaluator's device; ``fp32`` runs none. Scores are summed in float32 either way.
     """
 
     #: which evaluator this is (``--evaluator``); the batched ones answer :meth:`evaluate_many`
@@ -98,6 +154,7 @@ class Evaluator:
         bn: str = "interpolate",
         bn_batches: Sequence[torch.Tensor] = (),
         bn_source: str = "",
+        precision: str = "fp32",
     ):
         if batch_size < 1:
             raise LayerLMCError(f"batch size must be positive, got {batch_size}")
@@ -108,6 +165,8 @@ class Evaluator:
         first = next(iter(self.splits.values()), None)
         self.device = first.labels.device if first is not None else torch.device("cpu")
         self.batch_size = batch_size
+        self.precision = check_precision(precision)
+        self._autocast = precision_context(precision, self.device)
         self._checked: set[str] = set()
         self.bn = check_policy(bn)
         self.bn_modules = batchnorm_modules(model)
@@ -123,6 +182,7 @@ class Evaluator:
         self.bn_summary = describe(self.bn, bool(self.bn_modules), batches=self.bn_batches,
                                    source=bn_source, eval_batch_size=batch_size)
 
+    @in_precision
     @torch.inference_mode()
     def prepare(self, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """``state`` as it is evaluated: under ``recompute``, with new running statistics
@@ -138,6 +198,7 @@ class Evaluator:
                 self._forward(fresh, inputs, "", doing="recomputing BatchNorm statistics")
         return fresh
 
+    @in_precision
     @torch.inference_mode()
     def evaluate(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
         data = self.splits[split]
@@ -161,11 +222,13 @@ class Evaluator:
                 count += n
         return Metrics(total_loss / count, correct / count, count)
 
+    @in_precision
     def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
         """The metrics of every job's state on ``split``, in order: one :meth:`evaluate` each
         (the batched evaluators override this)."""
         return [self.evaluate(job.state, split) for job in jobs]
 
+    @in_precision
     @torch.inference_mode()
     def check(self, state: Mapping[str, torch.Tensor]) -> None:
         """Fail early, with a clear message, when labels do not fit the model's outputs."""
@@ -185,6 +248,8 @@ class Evaluator:
             where = doing or f"on split '{split}'"
             if self.bn in ("recompute", "batch-stats") and self.bn_modules:
                 where += f" (--bn {self.bn}: BatchNorm layers in train mode)"
+            if self.precision != "fp32":
+                where += f" (--precision {self.precision})"
             raise LayerLMCError(
                 f"the model failed {where} (inputs of shape {list(inputs.shape)}): "
                 f"{type(err).__name__}: {text[0] if text else ''}"

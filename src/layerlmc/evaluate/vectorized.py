@@ -20,7 +20,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .data import Split
-from .plain import Evaluator, Job, Metrics
+from .plain import Evaluator, Job, Metrics, in_precision
 
 log = logging.getLogger("layerlmc")
 
@@ -48,6 +48,7 @@ class VectorizedEvaluator(Evaluator):
         log.warning("vmap evaluator: %s; using the plain evaluator", why)
         self.vectorized = False
 
+    @in_precision
     def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
         results: list[Metrics] = []
         for start in range(0, len(jobs), self.chunk):
