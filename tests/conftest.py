@@ -102,9 +102,10 @@ def _write_idx(path, array, gz=True):
         handle.write(header + array.tobytes())
 
 
-@pytest.fixture()
-def tiny_fmnist(tmp_path, monkeypatch):
-    folder = tmp_path / "data" / "fashion-mnist"
+def write_tiny_fmnist(root: Path) -> Path:
+    """Tiny Fashion-MNIST idx files (240 train, 120 test) in ``root/fashion-mnist``, for
+    ``LAYERLMC_DATA=root``."""
+    folder = root / "fashion-mnist"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", 240), ("test", 120)):
@@ -114,5 +115,11 @@ def tiny_fmnist(tmp_path, monkeypatch):
         images_name, labels_name = fm.FILES[split]
         _write_idx(folder / f"{images_name}.gz", images, gz=True)
         _write_idx(folder / labels_name, labels, gz=False)
+    return folder
+
+
+@pytest.fixture()
+def tiny_fmnist(tmp_path, monkeypatch):
+    folder = write_tiny_fmnist(tmp_path / "data")
     monkeypatch.setenv("LAYERLMC_DATA", str(tmp_path / "data"))
     return folder

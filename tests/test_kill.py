@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -25,11 +24,10 @@ import torch
 from layerlmc.checkpoints import load_state_dict
 from layerlmc.cli.main import main
 from layerlmc.config import TrainConfig, load_config
-from layerlmc.data import fashion_mnist as fm
 from layerlmc.results import point_key
 from layerlmc.train import train_runs
 
-from .conftest import _write_idx
+from .conftest import write_tiny_fmnist
 from .test_train import TINY
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX kill -9")
@@ -46,15 +44,7 @@ def fmnist(tmp_path_factory):
     """Tiny Fashion-MNIST files (as the ``tiny_fmnist`` fixture) and the environment of the
     subprocesses that read them."""
     root = tmp_path_factory.mktemp("kill")
-    folder = root / "data" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 240), ("test", 120)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 18).astype(np.uint8)
-        images_name, labels_name = fm.FILES[split]
-        _write_idx(folder / f"{images_name}.gz", images, gz=True)
-        _write_idx(folder / labels_name, labels, gz=False)
+    write_tiny_fmnist(root / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LAYERLMC_DATA": str(root / "data")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LAYERLMC_DATA", str(root / "data"))  # for the in-process clean runs
