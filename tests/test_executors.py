@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -184,18 +186,46 @@ def test_federated_clients_train_on_ray_to_the_same_weights(fed_config, ray_exec
     assert (local / "history.jsonl").read_text() == (on_ray / "history.jsonl").read_text()
 
 
-def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):
-    root, *_ = pair_steps
-    model = ["--model", "mlp", "--model-arg", "in_features=16", "--model-arg", "hidden=[12, 8]",
-             "--model-arg", "num_classes=3"]
-    data = ["--data", f"{root / 'data.py'}:make"]
+def _cli_args(root) -> list[str]:
+    """``layerlmc trajectory`` on the pair_steps folders, with a data file of its own."""
     (root / "data.py").write_text(
         "import torch\n"
         "def make():\n"
         "    g = torch.Generator().manual_seed(3)\n"
         "    return {'test': (torch.randn(60, 16, generator=g), torch.randint(0, 3, (60,), generator=g))}\n")
-    args = ["trajectory", str(root / "a"), "--b", str(root / "b"), *model, *data, "--no-plots",
-            "--every", "3"]
+    model = ["--model", "mlp", "--model-arg", "in_features=16", "--model-arg", "hidden=[12, 8]",
+             "--model-arg", "num_classes=3"]
+    return ["trajectory", str(root / "a"), "--b", str(root / "b"), *model,
+            "--data", f"{root / 'data.py'}:make", "--no-plots", "--every", "3"]
+
+
+def test_missing_ray_is_one_line_and_claims_no_folder(pair_steps, tmp_path, capsys, monkeypatch):
+    root, *_ = pair_steps
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    _fails(capsys, [*_cli_args(root), "--out", str(tmp_path / "out"), "--executor", "ray"],
+           "pip install 'layerlmc[ray]'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_cluster_is_one_line_at_once(pair_steps, tmp_path):
+    # a process of its own: this one's Ray is running already and would be joined instead
+    root, *_ = pair_steps
+    argv = [*_cli_args(root), "--out", str(tmp_path / "out"), "--executor", "ray",
+            "--address", "127.0.0.1:1"]
+    began = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "layerlmc.cli.main", *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("layerlmc: error:")]
+    assert len(errors) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.perf_counter() - began < 60  # not Ray's minute of retries
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):
+    root, *_ = pair_steps
+    args = _cli_args(root)
     assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert _as_set(_records(tmp_path / "ray")) == _as_set(_records(tmp_path / "local"))

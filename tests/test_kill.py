@@ -8,6 +8,7 @@ arrives after the process already finished is harmless: the equalities are check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -145,6 +146,7 @@ def test_trajectory_killed_at_random_moments_ends_like_a_clean_run(analysed, tor
     def progress() -> str:
         return f"{_line_count(points)}/{len(clean_records)} lines"
 
+    landings = []
     for attempt in range(3 if not torn else 2):
         before = _line_count(points)
         proc = _start(args, env, log)
@@ -156,6 +158,7 @@ def test_trajectory_killed_at_random_moments_ends_like_a_clean_run(analysed, tor
             # a moment of the evaluation, once this process has appended records
             landed = _kill_when(proc, lambda before=before: _line_count(points) > before,
                                 rng.uniform(0.0, 0.7), label, progress)
+        landings.append(landed)
         if landed and (out / "run.json").exists():
             # SIGKILL runs no handler: the run is never marked interrupted or failed
             assert json.loads((out / "run.json").read_text())["status"] in ("running", "complete")
@@ -171,7 +174,12 @@ def test_trajectory_killed_at_random_moments_ends_like_a_clean_run(analysed, tor
             with open(points, "a", encoding="utf-8") as handle:
                 handle.write(line[: len(line) // 2] if attempt == 0 else line)
     _finish(args, env, log)
+    assert any(landings), "no kill landed while the analysis ran: the test tested nothing"
+    _assert_like_clean(out, clean)
 
+
+def _assert_like_clean(out: Path, clean: Path) -> None:
+    clean_records = _records(clean)
     records = _records(out)
     keys = [point_key(r) for r in records]
     assert len(keys) == len(set(keys)), "a point was stored twice"
@@ -185,6 +193,46 @@ def test_trajectory_killed_at_random_moments_ends_like_a_clean_run(analysed, tor
     pd.testing.assert_frame_equal(_sorted_csv(out / "distances.csv"), _sorted_csv(clean / "distances.csv"))
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     assert not list(out.glob("*.tmp"))
+
+
+def _ray_agents() -> set[int]:
+    """Ray agent processes left to init by a killed driver (they outlive its local instance)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if title.startswith((b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")) and parent == 1:
+            found.add(int(entry.name))
+    return found
+
+
+def test_ray_driver_killed_mid_run_ends_like_a_clean_run(analysed):
+    pytest.importorskip("ray")
+    env, clean = analysed["env"], analysed["clean"]
+    out = analysed["root"] / "killed-ray"
+    log = analysed["root"] / "killed-ray.log"
+    points = out / "points.jsonl"
+    args = ["trajectory", str(analysed["pair"]), "--out", str(out), *TRAJECTORY_ARGS,
+            "--executor", "ray"]
+    before = _ray_agents()
+    try:
+        proc = _start(args, env, log)
+        # once the first cells are written: the kill lands amid cells in flight on workers
+        landed = _kill_when(proc, lambda: _line_count(points) > 0, 0.3, "ray driver",
+                            lambda: f"{_line_count(points)} lines")
+        assert landed, "the Ray run ended before the kill"
+        partial = _line_count(points)
+        _finish(args, env, log)
+    finally:
+        time.sleep(1)
+        for pid in _ray_agents() - before:  # see docs/reliability.md
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert 0 < partial < len(_records(clean))
+    _assert_like_clean(out, clean)
 
 
 def _checkpoints(folder: Path) -> set[Path]:
@@ -223,6 +271,7 @@ def test_training_killed_mid_epoch_resumes_to_the_weights_of_a_clean_run(fmnist,
     def progress() -> str:
         return f"{len(_checkpoints(killed))}/{2 * (epochs + 1)} checkpoints"
 
+    landings = []
     for attempt in range(3):
         if attempt == 0:  # a moment after run a's first epoch is saved
             ready, delay = (killed / "checkpoints" / "a" / "epoch_0001.safetensors").exists, rng.uniform(0.0, 1.5)
@@ -231,9 +280,11 @@ def test_training_killed_mid_epoch_resumes_to_the_weights_of_a_clean_run(fmnist,
         else:  # a moment after this rerun saved an epoch of its own
             ready, delay = _new_checkpoint(killed), rng.uniform(0.0, 0.8)
         landed = _kill_when(_start(args, env, log), ready, delay, f"train #{attempt + 1}", progress)
+        landings.append(landed)
         if landed:  # SIGKILL runs no handler: the run is never marked interrupted or failed
             assert json.loads((killed / "run.json").read_text())["status"] in ("running", "complete")
     _finish(args, env, log)
+    assert any(landings), "no kill landed while training ran: the test tested nothing"
 
     for role in "ab":
         for epoch in range(epochs + 1):

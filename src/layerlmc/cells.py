@@ -70,23 +70,32 @@ class Cell:
     unit: str | None
     work: CellWork
     stored: list[dict]
+    device: str = "cpu"  # where the worker evaluates (the spec travels on the CPU)
 
 
 def evaluate_cell(cell: Cell) -> list[dict]:
     """Runs on a worker: the cell's records (the evaluator is built once per worker)."""
-    evaluator = _evaluator(cell.evaluator)
-    return cell.work(evaluator, cell.a.get(), cell.b.get(), cell.step, cell.unit, cell.stored)
+    a = cell.a.get()
+    evaluator = _evaluator(cell.evaluator, cell.device, a)
+    return cell.work(evaluator, a, cell.b.get(), cell.step, cell.unit, cell.stored)
 
 
-def _evaluator(spec: Shared[EvaluatorSpec]) -> Evaluator:
+def _evaluator(spec: Shared[EvaluatorSpec], device: str, state: StateDict) -> Evaluator:
+    def build() -> Evaluator:
+        evaluator = spec.get().to(device).build()
+        # as the driver's: an incremental evaluator checks its traced graph against the model
+        # (and falls back to plain where they differ), and labels are checked once
+        evaluator.check({k: v.to(evaluator.device) for k, v in state.items()})
+        return evaluator
+
     key = getattr(spec, "key", None)
     if key is None:  # this process: build it once per handle
         if not hasattr(spec, "_built"):
-            spec._built = spec.get().build()
+            spec._built = build()
         return spec._built
     from .executors import worker_cached
 
-    return worker_cached(f"{key}:evaluator", lambda: spec.get().build())
+    return worker_cached(f"{key}:evaluator:{device}", build)
 
 
 def evaluate_cells(
@@ -100,7 +109,8 @@ def evaluate_cells(
     progress: bool | None = None,
 ) -> list[dict]:
     """Every record of the endpoints and of ``works(step)`` at every step, evaluated as cells
-    on ``executor``; returned in the order the cells are listed (endpoints first per step).
+    on ``executor``; returned per block of steps, the endpoints' records first, then the
+    cells' in the order ``works`` lists them.
 
     ``steps`` yields ``(step, a, b)`` and is consumed a block of steps at a time (the
     endpoint weights of one block are in the object store together), so a caller may load
@@ -109,6 +119,7 @@ def evaluate_cells(
     splits = list(evaluator.splits)
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
     spec = executor.share(evaluator.spec.to("cpu"))
+    device = str(evaluator.device)
     window = getattr(executor, "window", 1)
     drawn = iter(steps)
     block_size = 1
@@ -138,7 +149,7 @@ def evaluate_cells(
                 shared[step] = (executor.share(_cpu(a)), executor.share(_cpu(b)))
                 ends = PathWork()
                 if not all(k in stored for k in ends.keys(splits, step, unit)):
-                    endpoint_cells.append(Cell(spec, *shared[step], step, unit, ends, []))
+                    endpoint_cells.append(Cell(spec, *shared[step], step, unit, ends, [], device))
                 later.append((step, works(step)))
             bar.total += len(endpoint_cells)
             finished(executor.map_unordered(evaluate_cell, endpoint_cells))
@@ -150,7 +161,7 @@ def evaluate_cells(
                     keys = work.keys(splits, step, unit)
                     if not all(k in stored for k in keys):
                         known = [stored[k] for k in keys if k in stored]
-                        cells.append(Cell(spec, *shared[step], step, unit, work, ends + known))
+                        cells.append(Cell(spec, *shared[step], step, unit, work, ends + known, device))
             bar.total += len(cells)
             finished(executor.map_unordered(evaluate_cell, cells))
             for step, step_works in later:

@@ -120,6 +120,13 @@ class RayShared(Shared[V]):
         return worker_cached(self.key, lambda: ray.get(self.ref))
 
 
+def _lost_kinds() -> tuple[type[BaseException], ...]:
+    import ray.exceptions as errors
+
+    return (errors.WorkerCrashedError, errors.NodeDiedError, errors.LocalRayletDiedError,
+            errors.OutOfMemoryError, errors.ObjectLostError, errors.OwnerDiedError)
+
+
 def _run_task(fn, task, threads):
     """Runs in a Ray worker: ``fn(task)`` with as many torch threads as the task was given."""
     import torch
@@ -161,17 +168,25 @@ class RayExecutor:
                     _check_reachable(address)
                     ray.init(address=address, **options)
                 else:
-                    ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
+                    # "local": a new instance even where RAY_ADDRESS or `ray start` names a
+                    # cluster; the CPUs this process may use, not the machine's
+                    ray.init(address="local", num_cpus=num_cpus or len(os.sched_getaffinity(0)),
+                             **options)
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 hint = ""
-                if address and os.environ.get("RAY_AUTH_MODE") != "token":
-                    hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token "
+                if address and "auth" in str(err).lower() and os.environ.get("RAY_AUTH_MODE") != "token":
+                    hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token "
                             "and give its token (~/.ray/auth_token or RAY_AUTH_TOKEN)")
                 raise LayerLMCError(f"cannot start or reach {where}: {first_line(err)}{hint}") from None
             self.started = True
             log.info("Ray: %s with %d CPUs", f"cluster at {address}" if address else "local instance",
                      int(ray.cluster_resources().get("CPU", 0)))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_task and gpus < gpus_per_task:
+            # tasks asking for a GPU would wait for one forever
+            raise LayerLMCError(f"the Ray cluster has {gpus:g} GPUs, and every task of a CUDA "
+                                "run needs one; use --device cpu or a cluster with GPUs")
         self.max_retries = max_retries
         self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         self.tasks = 0  # tasks run, retries not counted
@@ -196,6 +211,7 @@ class RayExecutor:
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
         ray = self._ray
+        lost_kinds = _lost_kinds()  # a worker, node or input gone: the task is run again
         fn_ref = ray.put(fn)  # the function (and what it holds) travels once
         pending: dict = {}  # object ref → (index, task, attempt)
         queue = enumerate(tasks)
@@ -219,15 +235,19 @@ class RayExecutor:
                 ref = ready[0]
                 index, task, attempt = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, Exception):
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as err:
+                        cause = getattr(err, "cause", None)
+                        # a lost input fetched inside the task is the cluster's fault: retried
+                        if isinstance(cause, lost_kinds) or not isinstance(cause, Exception):
+                            raise cause if isinstance(cause, lost_kinds) else err from None
+                        if isinstance(cause, ModuleNotFoundError):
+                            raise LayerLMCError(
+                                f"a Ray worker cannot import {cause.name}: install layerlmc (and "
+                                "the same torch and Python) on every node of the cluster") from None
                         raise cause from None
-                    raise LayerLMCError(f"task {index} failed on a Ray worker: {first_line(err)}") from None
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                        ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError,
-                        ray.exceptions.ObjectLostError) as err:
+                except lost_kinds as err:
                     if attempt >= self.max_retries:
                         raise LayerLMCError(
                             f"task {index} failed {attempt + 1} times on Ray workers that died "
@@ -239,10 +259,15 @@ class RayExecutor:
                                 self.max_retries)
                     submit(index, task, attempt + 1)
                     continue
+                except ray.exceptions.RayError as err:  # the cluster itself failed
+                    raise LayerLMCError(f"task {index} failed on Ray ({type(err).__name__}): "
+                                        f"{first_line(err)}; rerun the command to continue from "
+                                        "the records already written") from None
                 yield index, result
         finally:
             for ref in pending:  # the caller stopped early (an error, Ctrl-C)
-                ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):  # the cluster may be gone
+                    ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self.started and self._ray.is_initialized():
@@ -255,6 +280,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if address == "auto" or "://" in address or ":" not in address:
         return  # Ray finds the cluster itself, or a client address it checks itself
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass

@@ -472,85 +472,86 @@ def robustness(
               for g in group_list}
     paths = averaging_paths(group_list, bases, fractions)
 
-    run = RunDir(out) if out is not None else None
-    previous = run.read_run() if run is not None else None
-    if run is not None:
-        inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns,
-                                 evaluator.bn_summary, evaluator.precision)
-        # the stored directions depend on the seed, which no point key records
-        inputs["direction seed"] = str(seed)
-        if step_unit is None:
-            inputs = {"checkpoint a": state_digest(first_a), "checkpoint b": state_digest(first_b),
-                      **inputs}
-        else:
-            inputs = {"checkpoints": f"{_common_folder(a)} | {_common_folder(b)}",
-                      "unit": step_unit, **inputs}
-        settings = dict(config) if config is not None else {
-            "samples": samples, "alphas": _grid(fractions), "at": at, "bases": bases,
-            "groups": groups, "patterns": list(patterns), "layers": as_list(layers),
-            "per_tensor": per_tensor, "unit": step_unit,
-            "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
-            "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
-            "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-            "evaluator": evaluator.kind, "precision": evaluator.precision,
-        }
-        run.claim(inputs, settings, str(evaluator.device))
-    # what each step's records were computed from (claim rewrote run.json): a checkpoint
-    # replaced later must not be mixed with the records of its predecessor
-    step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
-    if run is not None and step_digests:
-        run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-
-    def loaded():
-        """Each pair, loaded and checked against the checkpoints it was analysed from."""
-        for number, (step, source_a, source_b) in enumerate(pairs, start=1):
-            if number == 1:
-                state_a, state_b = first_a, first_b
+    # the cluster is reached (or refused) before the output folder is claimed
+    with using_executor(executor, address, device=evaluator.device) as runner:
+        run = RunDir(out) if out is not None else None
+        previous = run.read_run() if run is not None else None
+        if run is not None:
+            inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns,
+                                     evaluator.bn_summary, evaluator.precision)
+            # the stored directions depend on the seed, which no point key records
+            inputs["direction seed"] = str(seed)
+            if step_unit is None:
+                inputs = {"checkpoint a": state_digest(first_a), "checkpoint b": state_digest(first_b),
+                          **inputs}
             else:
-                state_a, state_b = _state(source_a, expected), _state(source_b, expected)
-                check_pair(state_a, state_b, expected)
-            if run is not None and step is not None:
-                digests = [state_digest(state_a), state_digest(state_b)]
-                if step_digests.get(step, digests) != digests:
-                    raise LayerLMCError(f"the checkpoints of {unit} {step} changed since {out} "
-                                        "analysed them; choose another --out")
-                step_digests[step] = digests
-                run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-            if step is not None:
-                log.info("%s %d (%d of %d)", unit, step, number, len(pairs))
-            yield step, state_a, state_b
+                inputs = {"checkpoints": f"{_common_folder(a)} | {_common_folder(b)}",
+                          "unit": step_unit, **inputs}
+            settings = dict(config) if config is not None else {
+                "samples": samples, "alphas": _grid(fractions), "at": at, "bases": bases,
+                "groups": groups, "patterns": list(patterns), "layers": as_list(layers),
+                "per_tensor": per_tensor, "unit": step_unit,
+                "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
+                "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
+                "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+                "evaluator": evaluator.kind, "precision": evaluator.precision,
+            }
+            run.claim(inputs, settings, str(evaluator.device))
+        # what each step's records were computed from (claim rewrote run.json): a checkpoint
+        # replaced later must not be mixed with the records of its predecessor
+        step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
+        if run is not None and step_digests:
+            run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
 
-    records: list[dict] = []
-    with (run.status_on_error() if run is not None else contextlib.nullcontext(),
-          using_executor(executor, address, device=evaluator.device) as runner):
-        if runner.name == "local":
-            stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
-            for step, state_a, state_b in loaded():
-                found = evaluate_paths(evaluator, state_a, state_b, paths, run=run, step=step,
-                                       unit=step_unit, progress=progress)
-                base_metrics = {(r["base"], r["split"]): Metrics(r["loss"], r["accuracy"], r["n"])
-                                for r in found if r["kind"] == "endpoint"}
-                found += evaluate_directions(
-                    evaluator, state_a, state_b, group_list, bases=bases, fractions=fractions,
-                    samples=samples, seed=seed, base_metrics=base_metrics, run=run, stored=stored,
-                    step=step, unit=step_unit, moving=moving, progress=progress,
-                )
-                records += found
-        else:
-            cells = [PathWork((path,)) for path in paths] + [
-                DirectionWork(group, base, fractions, samples, seed, tuple(moving[group.name]))
-                for base in bases for group in group_list]
-            records = evaluate_cells(runner, evaluator, loaded(), lambda step: cells, run=run,
-                                     unit=step_unit, progress=progress)
-    table = robustness_table(records)
-    if run is not None:
-        run.write_file("robustness.csv", table.to_csv(index=False))
-        if plots:
-            from ..plots_robustness import plot_robustness
+        def loaded():
+            """Each pair, loaded and checked against the checkpoints it was analysed from."""
+            for number, (step, source_a, source_b) in enumerate(pairs, start=1):
+                if number == 1:
+                    state_a, state_b = first_a, first_b
+                else:
+                    state_a, state_b = _state(source_a, expected), _state(source_b, expected)
+                    check_pair(state_a, state_b, expected)
+                if run is not None and step is not None:
+                    digests = [state_digest(state_a), state_digest(state_b)]
+                    if step_digests.get(step, digests) != digests:
+                        raise LayerLMCError(f"the checkpoints of {unit} {step} changed since {out} "
+                                            "analysed them; choose another --out")
+                    step_digests[step] = digests
+                    run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+                if step is not None:
+                    log.info("%s %d (%d of %d)", unit, step, number, len(pairs))
+                yield step, state_a, state_b
 
-            plot_robustness(table, run.figures, at=at)
-        run.finish("complete")
-    return table
+        records: list[dict] = []
+        with run.status_on_error() if run is not None else contextlib.nullcontext():
+            if runner.name == "local":
+                stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
+                for step, state_a, state_b in loaded():
+                    found = evaluate_paths(evaluator, state_a, state_b, paths, run=run, step=step,
+                                           unit=step_unit, progress=progress)
+                    base_metrics = {(r["base"], r["split"]): Metrics(r["loss"], r["accuracy"], r["n"])
+                                    for r in found if r["kind"] == "endpoint"}
+                    found += evaluate_directions(
+                        evaluator, state_a, state_b, group_list, bases=bases, fractions=fractions,
+                        samples=samples, seed=seed, base_metrics=base_metrics, run=run, stored=stored,
+                        step=step, unit=step_unit, moving=moving, progress=progress,
+                    )
+                    records += found
+            else:
+                cells = [PathWork((path,)) for path in paths] + [
+                    DirectionWork(group, base, fractions, samples, seed, tuple(moving[group.name]))
+                    for base in bases for group in group_list]
+                records = evaluate_cells(runner, evaluator, loaded(), lambda step: cells, run=run,
+                                         unit=step_unit, progress=progress)
+        table = robustness_table(records)
+        if run is not None:
+            run.write_file("robustness.csv", table.to_csv(index=False))
+            if plots:
+                from ..plots_robustness import plot_robustness
+
+                plot_robustness(table, run.figures, at=at)
+            run.finish("complete")
+        return table
 
 
 def _is_steps(value: object) -> bool:

@@ -167,70 +167,72 @@ def trajectory(
                                 bn_split=bn_split, evaluator=evaluator, precision=precision)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
-    run = RunDir(out)
-    previous = run.read_run()
-    inputs = {
-        "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
-        **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary,
-                          evaluator.precision),
-    }
-    settings = dict(config) if config is not None else {
-        "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
-        "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
-        "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-        "evaluator": evaluator.kind, "precision": evaluator.precision,
-    }
-    run.claim(inputs, settings, str(evaluator.device))
-    # what each step's records were computed from: a checkpoint replaced later must not be
-    # mixed with records of its predecessor
-    step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
-    run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-    group_list = layer_groups(a_init, groups, patterns, tied=tied_keys(model))
-    paths = plan_paths(
-        a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
-        cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
-        references=references, seed=seed,
-    )
-    distances: list[dict] = []
+    # the cluster is reached (or refused) before the output folder is claimed
+    with using_executor(executor, address, device=evaluator.device) as runner:
+        run = RunDir(out)
+        previous = run.read_run()
+        inputs = {
+            "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
+            **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary,
+                              evaluator.precision),
+        }
+        settings = dict(config) if config is not None else {
+            "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
+            "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
+            "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+            "evaluator": evaluator.kind, "precision": evaluator.precision,
+        }
+        run.claim(inputs, settings, str(evaluator.device))
+        # what each step's records were computed from: a checkpoint replaced later must not be
+        # mixed with records of its predecessor
+        step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
+        run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+        group_list = layer_groups(a_init, groups, patterns, tied=tied_keys(model))
+        paths = plan_paths(
+            a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
+            cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
+            references=references, seed=seed,
+        )
+        distances: list[dict] = []
 
-    def pairs():
-        """Each chosen step's checkpoints, loaded and checked, its distances noted."""
-        for number, step in enumerate(chosen, start=1):
-            a = a_init if step == init_step else _load(a_checkpoints[step], expected)
-            b = b_init if step == init_step else _load(b_checkpoints[step], expected)
-            check_pair(a, b, expected)
-            digests = [state_digest(a), state_digest(b)]
-            if step_digests.get(step, digests) != digests:
-                raise LayerLMCError(
-                    f"the checkpoints of {unit} {step} changed since {out} analysed them; choose another --out"
-                )
-            step_digests[step] = digests
-            run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-            log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
-            distances.extend({"step": step, "unit": unit, **row}
-                             for row in layer_distances(a, b, a_init, b_init, group_list))
-            yield step, a, b
+        def pairs():
+            """Each chosen step's checkpoints, loaded and checked, its distances noted."""
+            for number, step in enumerate(chosen, start=1):
+                a = a_init if step == init_step else _load(a_checkpoints[step], expected)
+                b = b_init if step == init_step else _load(b_checkpoints[step], expected)
+                check_pair(a, b, expected)
+                digests = [state_digest(a), state_digest(b)]
+                if step_digests.get(step, digests) != digests:
+                    raise LayerLMCError(
+                        f"the checkpoints of {unit} {step} changed since {out} analysed them; choose another --out"
+                    )
+                step_digests[step] = digests
+                run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+                log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
+                distances.extend({"step": step, "unit": unit, **row}
+                                 for row in layer_distances(a, b, a_init, b_init, group_list))
+                yield step, a, b
 
-    records: list[dict] = []
-    with run.status_on_error(), using_executor(executor, address, device=evaluator.device) as runner:
-        if runner.name == "local":
-            for step, a, b in pairs():
-                records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
-                                          progress=progress)
-        else:
-            cells = [PathWork((path,)) for path in paths]
-            records = evaluate_cells(runner, evaluator, pairs(), lambda step: cells, run=run,
-                                     unit=unit, progress=progress)
-    table = compute_barriers(pd.DataFrame(records), definitions, references)
-    distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
-    run.write_barriers(table)
-    run.write_file("distances.csv", distance_table.to_csv(index=False))
-    if plots:
-        from ..plots_trajectory import plot_trajectory
+        records: list[dict] = []
+        with run.status_on_error():
+            if runner.name == "local":
+                for step, a, b in pairs():
+                    records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
+                                              progress=progress)
+            else:
+                cells = [PathWork((path,)) for path in paths]
+                records = evaluate_cells(runner, evaluator, pairs(), lambda step: cells, run=run,
+                                         unit=unit, progress=progress)
+        table = compute_barriers(pd.DataFrame(records), definitions, references)
+        distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
+        run.write_barriers(table)
+        run.write_file("distances.csv", distance_table.to_csv(index=False))
+        if plots:
+            from ..plots_trajectory import plot_trajectory
 
-        plot_trajectory(table, distance_table, run.figures, as_list(definitions)[0], as_list(references)[0])
-    run.finish("complete")
-    return table, distance_table
+            plot_trajectory(table, distance_table, run.figures, as_list(definitions)[0], as_list(references)[0])
+        run.finish("complete")
+        return table, distance_table
 
 
 def _load(path: str | Path, expected: Mapping[str, torch.Tensor]) -> StateDict:

@@ -23,6 +23,7 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 import math
@@ -178,10 +179,13 @@ class LocalTraining:
     def __init__(self, config: FederatedConfig, device: torch.device):
         self.config = config
         self.device = device
+        # built here and copied per task: a Ray worker then needs no access to the user's model
+        # file (every tensor is overwritten by the client's state, so any instance will do)
+        self.template = build_model(config.model.name, config.model.args).cpu()
 
     def __call__(self, task: ClientTask) -> ClientResult:
         config = self.config
-        model = build_model(config.model.name, config.model.args).to(self.device)
+        model = copy.deepcopy(self.template).to(self.device)
         model.load_state_dict(task.state)
         train = task.train.get()
         if train.labels.device != self.device:  # shipped to a worker on the CPU

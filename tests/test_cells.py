@@ -1,0 +1,106 @@
+"""Cells without Ray: blocks of several steps, cells finishing in any order, partly stored cells."""
+
+import json
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from layerlmc.analyses import find_checkpoints
+from layerlmc.analyses.robustness import robustness
+from layerlmc.analyses.trajectory import trajectory
+from layerlmc.checkpoints import save_state_dict
+from layerlmc.executors import LocalExecutor
+from layerlmc.specs import build_model
+
+
+class Shuffling(LocalExecutor):
+    """Many cells in flight (so blocks hold several steps), finishing in a seeded random order,
+    as a cluster's would; the data is shared in this process."""
+
+    name = "shuffling"
+    window = 64
+
+    def __init__(self, seed: int = 0):
+        self.random = random.Random(seed)
+        self.tasks = 0
+
+    def map_unordered(self, fn, tasks):
+        tasks = list(tasks)
+        self.tasks += len(tasks)
+        order = list(range(len(tasks)))
+        self.random.shuffle(order)
+        for index in order:
+            yield index, fn(tasks[index])
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cells")
+    torch.manual_seed(0)
+    model = build_model("mlp", {"in_features": 8, "hidden": [6], "num_classes": 3})
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    for side in "ab":
+        for step in range(5):
+            state = {k: v + 0.3 * step * torch.randn_like(v) for k, v in init.items()}
+            save_state_dict(state, root / side / f"epoch_{step:04d}.safetensors")
+    data = {"train": (torch.randn(64, 8), torch.randint(0, 3, (64,))),
+            "test": (torch.randn(48, 8), torch.randint(0, 3, (48,)))}
+    return root, model, find_checkpoints(root / "a"), find_checkpoints(root / "b"), data
+
+
+def _lines(folder):
+    return (folder / "points.jsonl").read_text().splitlines()
+
+
+def _as_set(folder):
+    return {json.dumps(json.loads(line), sort_keys=True) for line in _lines(folder)}
+
+
+def _sorted(table):
+    return table.sort_values([c for c in table.columns if c != "value"]).reset_index(drop=True)
+
+
+def test_blocks_of_steps_in_any_order_give_the_local_records(steps, tmp_path):
+    root, model, a, b, data = steps
+    options = {"cumulative": ["deep"], "plots": False, "progress": False}
+    local, _ = trajectory(model, a, b, data, tmp_path / "local", **options)
+    executor = Shuffling()
+    cells, _ = trajectory(model, a, b, data, tmp_path / "cells", executor=executor, **options)
+    pd.testing.assert_frame_equal(_sorted(local), _sorted(cells))
+    assert _as_set(tmp_path / "local") == _as_set(tmp_path / "cells")
+    # endpoints, full path, 2 groups × 2 bases, 2 cumulative prefixes × 2 bases: 10 a step
+    assert executor.tasks == 5 * 10
+
+
+def test_a_resume_with_more_paths_evaluates_only_missing_points(steps, tmp_path):
+    root, model, a, b, data = steps
+    out = tmp_path / "resumed"
+    trajectory(model, a, b, data, out, plots=False, progress=False)
+    # damage: lose a few records of the middle (a killed writer's file is cut at its end, but
+    # a partly stored cell can also come from a run with fewer alphas)
+    lines = _lines(out)
+    kept = [line for i, line in enumerate(lines) if i % 7 != 3]
+    (out / "points.jsonl").write_text("".join(line + "\n" for line in kept))
+    options = {"cumulative": ["shallow"], "alphas": "0,0.25,0.5,0.75,1", "plots": False,
+               "progress": False}
+    executor = Shuffling(seed=1)
+    trajectory(model, a, b, data, out, executor=executor, **options)
+    trajectory(model, a, b, data, tmp_path / "clean", **options)
+    keys = [tuple(sorted(json.loads(line).items())) for line in _lines(out)]
+    assert len(keys) == len(set(keys))
+    assert _as_set(out) >= _as_set(tmp_path / "clean")
+    # a rerun finds every cell stored and runs none
+    again = Shuffling()
+    trajectory(model, a, b, data, out, executor=again, **options)
+    assert again.tasks == 0
+
+
+def test_robustness_cells_in_any_order_give_the_local_table(steps, tmp_path):
+    root, model, a, b, data = steps
+    options = {"samples": 2, "every": 2, "plots": False, "progress": False}
+    local = robustness(model, a, b, data, tmp_path / "local", **options)
+    cells = robustness(model, a, b, data, tmp_path / "cells", executor=Shuffling(), **options)
+    pd.testing.assert_frame_equal(local, cells)
+    assert _as_set(tmp_path / "local") == _as_set(tmp_path / "cells")
