@@ -109,8 +109,8 @@ def evaluate_cells(
     progress: bool | None = None,
 ) -> list[dict]:
     """Every record of the endpoints and of ``works(step)`` at every step, evaluated as cells
-    on ``executor``; returned per block of steps, the endpoints' records first, then the
-    cells' in the order ``works`` lists them.
+    on ``executor``; returned step by step, the endpoints' records first, then the cells' in
+    the order ``works`` lists them.
 
     ``steps`` yields ``(step, a, b)`` and is consumed a block of steps at a time (the
     endpoint weights of one block are in the object store together), so a caller may load
@@ -143,34 +143,33 @@ def evaluate_cells(
             block = list(itertools.islice(drawn, block_size))
             if not block:
                 break
-            shared = {}
-            endpoint_cells, later = [], []
+            shared, endpoint_cells, planned = {}, [], []
             for step, a, b in block:
-                shared[step] = (executor.share(_cpu(a)), executor.share(_cpu(b)))
-                ends = PathWork()
-                if not all(k in stored for k in ends.keys(splits, step, unit)):
-                    endpoint_cells.append(Cell(spec, *shared[step], step, unit, ends, [], device))
-                later.append((step, works(step)))
+                ends = PathWork().keys(splits, step, unit)
+                cells = [(work, work.keys(splits, step, unit)) for work in works(step)]
+                missing = [(work, keys) for work, keys in cells if not all(k in stored for k in keys)]
+                ends_missing = not all(k in stored for k in ends)
+                if ends_missing or missing:  # a step whose records are all stored ships nothing
+                    shared[step] = (executor.share(_cpu(a)), executor.share(_cpu(b)))
+                if ends_missing:
+                    endpoint_cells.append(Cell(spec, *shared[step], step, unit, PathWork(), [], device))
+                planned.append((step, ends, cells, missing))
             bar.total += len(endpoint_cells)
             finished(executor.map_unordered(evaluate_cell, endpoint_cells))
-            cells = []
-            for step, step_works in later:
-                ends = [stored[k] for k in PathWork().keys(splits, step, unit)]
-                ordered += ends
-                for work in step_works:
-                    keys = work.keys(splits, step, unit)
-                    if not all(k in stored for k in keys):
-                        known = [stored[k] for k in keys if k in stored]
-                        cells.append(Cell(spec, *shared[step], step, unit, work, ends + known, device))
-            bar.total += len(cells)
-            finished(executor.map_unordered(evaluate_cell, cells))
-            for step, step_works in later:
-                for work in step_works:
-                    ordered += [stored[k] for k in work.keys(splits, step, unit)]
+            later = []
+            for step, ends, _, missing in planned:
+                end_records = [stored[k] for k in ends]
+                for work, keys in missing:
+                    known = [stored[k] for k in keys if k in stored]
+                    later.append(Cell(spec, *shared[step], step, unit, work, end_records + known, device))
+            bar.total += len(later)
+            finished(executor.map_unordered(evaluate_cell, later))
+            for step, ends, cells, _ in planned:
+                ordered += [stored[k] for k in ends]
+                ordered += [stored[k] for _, keys in cells for k in keys]
             del shared  # the block's endpoints leave the object store
             # enough steps per block to give every worker a cell, after the first one
-            cells_per_step = 1 + len(later[0][1])
-            block_size = max(1, math.ceil(window / cells_per_step))
+            block_size = max(1, math.ceil(window / (1 + len(planned[0][2]))))
     return ordered
 
 
