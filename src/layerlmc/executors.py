@@ -265,9 +265,12 @@ class RayExecutor:
                                         "the records already written") from None
                 yield index, result
         finally:
-            for ref in pending:  # the caller stopped early (an error, Ctrl-C)
-                with contextlib.suppress(Exception):  # the cluster may be gone
-                    ray.cancel(ref, force=True)
+            # When the caller stops early (an error, Ctrl-C), the tasks still in flight (at most
+            # `window`) are left to finish and their results dropped: force-cancelling them
+            # races with their completion and aborts the driver inside Ray 2.60 ("Tried to
+            # complete task that was not pending"). A Ray instance this executor started goes
+            # down with close(), and its tasks with it.
+            pending.clear()
 
     def close(self) -> None:
         if self.started and self._ray.is_initialized():
