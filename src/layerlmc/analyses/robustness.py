@@ -39,7 +39,7 @@ from ..layers import LayerGroup, layer_groups, select_groups, tied_keys
 from ..lmc import _no_bar, analysis_inputs, as_list, build_evaluator, evaluate_paths, state_digest
 from ..paths import BASES, Path, group_paths, parse_alphas
 from ..results import SCHEMA, RunDir, point_key
-from .trajectory import _common_folder, _load, select_steps
+from .trajectory import _common_folder, _load, note_step_digests, select_steps
 
 log = logging.getLogger("layerlmc")
 
@@ -512,12 +512,7 @@ def robustness(
                     state_a, state_b = _state(source_a, expected), _state(source_b, expected)
                     check_pair(state_a, state_b, expected)
                 if run is not None and step is not None:
-                    digests = [state_digest(state_a), state_digest(state_b)]
-                    if step_digests.get(step, digests) != digests:
-                        raise LayerLMCError(f"the checkpoints of {unit} {step} changed since {out} "
-                                            "analysed them; choose another --out")
-                    step_digests[step] = digests
-                    run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+                    note_step_digests(run, step_digests, step, state_a, state_b, unit)
                 if step is not None:
                     log.info("%s %d (%d of %d)", unit, step, number, len(pairs))
                 yield step, state_a, state_b

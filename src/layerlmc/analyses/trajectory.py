@@ -201,13 +201,7 @@ def trajectory(
                 a = a_init if step == init_step else _load(a_checkpoints[step], expected)
                 b = b_init if step == init_step else _load(b_checkpoints[step], expected)
                 check_pair(a, b, expected)
-                digests = [state_digest(a), state_digest(b)]
-                if step_digests.get(step, digests) != digests:
-                    raise LayerLMCError(
-                        f"the checkpoints of {unit} {step} changed since {out} analysed them; choose another --out"
-                    )
-                step_digests[step] = digests
-                run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+                note_step_digests(run, step_digests, step, a, b, unit)
                 log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
                 distances.extend({"step": step, "unit": unit, **row}
                                  for row in layer_distances(a, b, a_init, b_init, group_list))
@@ -233,6 +227,18 @@ def trajectory(
             plot_trajectory(table, distance_table, run.figures, as_list(definitions)[0], as_list(references)[0])
         run.finish("complete")
         return table, distance_table
+
+
+def note_step_digests(run: RunDir, step_digests: dict, step: int, a: StateDict, b: StateDict,
+                      unit: str) -> None:
+    """Record in run.json what ``step``'s records are computed from; a checkpoint replaced
+    since an earlier run must not be mixed with the records of its predecessor."""
+    digests = [state_digest(a), state_digest(b)]
+    if step_digests.get(step, digests) != digests:
+        raise LayerLMCError(f"the checkpoints of {unit} {step} changed since {run.path} analysed "
+                            "them; choose another --out")
+    step_digests[step] = digests
+    run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
 
 
 def _load(path: str | Path, expected: Mapping[str, torch.Tensor]) -> StateDict:
