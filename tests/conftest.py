@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerlmc.checkpoints import save_state_dict
+from layerlmc.core.checkpoints import save_state_dict
 from layerlmc.data import fashion_mnist as fm
 
 MODEL_FILE = textwrap.dedent(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layerlmc import barriers as run_barriers
-from layerlmc.barriers import barrier_value, compute_barriers, summary_table
+from layerlmc.core.barriers import barrier_value, compute_barriers, summary_table
 from layerlmc.errors import LayerLMCError
 from layerlmc.models import mlp
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from layerlmc.analyses import find_checkpoints
-from layerlmc.analyses.robustness import robustness
-from layerlmc.analyses.trajectory import trajectory
-from layerlmc.checkpoints import save_state_dict
-from layerlmc.executors import LocalExecutor
+from layerlmc.analyses.executors import LocalExecutor
+from layerlmc.api import robustness, trajectory
+from layerlmc.core.checkpoints import save_state_dict
 from layerlmc.specs import build_model
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from layerlmc.checkpoints import check_pair, load_state_dict, save_state_dict
+from layerlmc.core.checkpoints import check_pair, load_state_dict, save_state_dict
 from layerlmc.errors import LayerLMCError
 
 

@@ -11,17 +11,16 @@ import pytest
 import torch
 
 from layerlmc.analyses import find_checkpoints
-from layerlmc.analyses.robustness import robustness
-from layerlmc.analyses.trajectory import trajectory
-from layerlmc.checkpoints import load_state_dict, save_state_dict
+from layerlmc.analyses.executors import LocalExecutor, RayExecutor, get_executor
+from layerlmc.api import federate, robustness, trajectory
 from layerlmc.cli.main import main
 from layerlmc.config import FederatedConfig, load_config
+from layerlmc.core.checkpoints import load_state_dict, save_state_dict
+from layerlmc.core.records import RunDir, point_key
+from layerlmc.core.runs import round_checkpoint
 from layerlmc.errors import LayerLMCError
-from layerlmc.executors import LocalExecutor, RayExecutor, get_executor
-from layerlmc.results import RunDir, point_key
 from layerlmc.specs import build_model
 from layerlmc.train import federated
-from layerlmc.train.federated import federate, round_checkpoint
 
 from .test_cli import _fails
 from .test_federated import fed_config  # noqa: F401 - a fixture

@@ -55,6 +55,6 @@ def test_quickstart_end_to_end(tiny_fmnist, tmp_path, capsys):
 
 
 def fm_state(path):
-    from layerlmc.checkpoints import load_state_dict
+    from layerlmc.core.checkpoints import load_state_dict
 
     return load_state_dict(path)

@@ -8,17 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlmc.checkpoints import load_state_dict
+from layerlmc.api import federate
+from layerlmc.cli.main import main
 from layerlmc.config import AggregateConfig, FederatedConfig, load_config
+from layerlmc.core.averaging import aggregate
+from layerlmc.core.checkpoints import load_state_dict
+from layerlmc.core.runs import round_checkpoint
 from layerlmc.errors import LayerLMCError
 from layerlmc.models import mlp
 from layerlmc.train import federated
 from layerlmc.train.federated import (
-    aggregate, averaged_groups, client_weights, federate, participants, round_checkpoint, round_keys,
+    averaged_groups,
+    client_weights,
+    participants,
+    round_keys,
     round_summary,
 )
-
-from layerlmc.cli.main import main
 
 from .test_cli import _fails
 

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from layerlmc.checkpoints import check_pair, load_state_dict
 from layerlmc.cli.main import main
+from layerlmc.core.checkpoints import check_pair, load_state_dict
+from layerlmc.core.groups import layer_groups, tied_keys
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import layer_groups, tied_keys
 from layerlmc.specs import build_data, build_model
 
 VOCAB = 100

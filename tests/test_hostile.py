@@ -47,10 +47,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from layerlmc import checkpoints, results
-from layerlmc.checkpoints import ORDER_METADATA, check_pair, load_state_dict, save_state_dict
 from layerlmc.cli.main import main
 from layerlmc.config import FederatedConfig, TrainConfig, load_config, to_dict
+from layerlmc.core import checkpoints
+from layerlmc.core import records as results
+from layerlmc.core.checkpoints import ORDER_METADATA, check_pair, load_state_dict, save_state_dict
 from layerlmc.errors import LayerLMCError
 
 from .test_checkpoints import Exploit
@@ -289,7 +290,7 @@ def test_corrupted_last_points_line_is_recomputed_like_a_clean_run(user_files, c
 # -- 6. disk full, read-only output folder ---------------------------------------------------------
 
 class FullDisk:
-    """Stands in for ``open`` inside :mod:`layerlmc.results`: the disk fills up after
+    """Stands in for ``open`` inside :mod:`layerlmc.core.records`: the disk fills up after
     ``appends`` appends to ``points.jsonl``; from then on every write stops half-way with
     ENOSPC (so a half-written line is left unless the writer cleans up)."""
 
@@ -418,7 +419,7 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line_and_resumes(tiny_fmnist
 
 
 class ReadOnly:
-    """``open`` inside :mod:`layerlmc.results` on a read-only file system."""
+    """``open`` inside :mod:`layerlmc.core.records` on a read-only file system."""
 
     def __call__(self, file, mode="r", *args, **kwargs):
         if set(mode) & set("wax+"):

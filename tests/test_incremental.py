@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from layerlmc import lmc
+from layerlmc.analyses import pairwise as lmc
+from layerlmc.analyses.pairwise import build_evaluator, evaluate_paths, plan_paths
 from layerlmc.cli.main import main
 from layerlmc.evaluate import (
     IncrementalEvaluator,
@@ -18,7 +19,6 @@ from layerlmc.evaluate import (
     make_evaluator,
     prepare_splits,
 )
-from layerlmc.lmc import build_evaluator, evaluate_paths, plan_paths
 from layerlmc.registry import models
 
 from .test_zoo import TEST_KWARGS, built, example_data, image_kwargs

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 import torch
 
-from layerlmc.checkpoints import load_state_dict
 from layerlmc.cli.main import main
 from layerlmc.config import TrainConfig, load_config
-from layerlmc.results import point_key
+from layerlmc.core.checkpoints import load_state_dict
+from layerlmc.core.records import point_key
 from layerlmc.train import train_runs
 
 from .conftest import write_tiny_fmnist

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from layerlmc.core.groups import SCHEMES, layer_groups, order_groups, select_groups, tied_keys
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import SCHEMES, layer_groups, order_groups, select_groups, tied_keys
 from layerlmc.models import cnn, mlp
 
 

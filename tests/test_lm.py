@@ -13,6 +13,7 @@ import layerlmc
 import layerlmc.data.text  # registers the text datasets
 import layerlmc.models.gpt  # registers char-gpt
 from layerlmc.config import TrainConfig, load_config
+from layerlmc.core.groups import layer_groups, tied_keys
 from layerlmc.data.text import (
     CharVocab,
     load_text,
@@ -22,7 +23,6 @@ from layerlmc.data.text import (
     token_windows,
 )
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import layer_groups, tied_keys
 from layerlmc.registry import datasets
 from layerlmc.specs import build_data, build_model
 from layerlmc.train import train_runs
@@ -219,7 +219,7 @@ def test_a_pair_of_gpts_trains_on_text(corpus, tmp_path):
 
 
 def test_reproduce_lm_on_tiny_text(corpus, tmp_path, monkeypatch):
-    from layerlmc import recipes_lm
+    from layerlmc.recipes import lm as recipes_lm
 
     text = recipes_lm.CONFIG.read_text()
     assert text.splitlines()[0] == "# layerlmc train configs/pair_jargon_gpt.yaml"

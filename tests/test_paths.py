@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from layerlmc.core.groups import layer_groups
+from layerlmc.core.paths import cumulative_paths, full_path, group_paths, interpolate, parse_alphas
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import layer_groups
-from layerlmc.paths import cumulative_paths, full_path, group_paths, interpolate, parse_alphas
 
 
 def _states():

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layerlmc import plots_trajectory
-from layerlmc.plots_trajectory import plot_distances, plot_trajectory
-from layerlmc.results import BARRIER_COLUMNS
+from layerlmc.core.records import BARRIER_COLUMNS
+from layerlmc.plots import trajectory as plots_trajectory
+from layerlmc.plots.trajectory import plot_distances, plot_trajectory
 
 GROUPS = ["conv1", "block-0", "block-1", "fc"]
 STEPS = [0, 2, 4, 6]
@@ -81,15 +81,15 @@ def _no_models(monkeypatch):
     """Plotting must never load, build or evaluate a model."""
     import torch
 
-    import layerlmc.checkpoints
-    import layerlmc.lmc
+    import layerlmc.analyses.pairwise
+    import layerlmc.core.checkpoints
 
     def refuse(*args, **kwargs):
         raise AssertionError("plots must be drawn from records only")
 
     monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr(layerlmc.checkpoints, "load_state_dict", refuse)
-    monkeypatch.setattr(layerlmc.lmc, "evaluate_paths", refuse)
+    monkeypatch.setattr(layerlmc.core.checkpoints, "load_state_dict", refuse)
+    monkeypatch.setattr(layerlmc.analyses.pairwise, "evaluate_paths", refuse)
     yield
     plt.close("all")
 

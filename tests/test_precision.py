@@ -11,12 +11,12 @@ import torch
 import yaml
 from torch import nn
 
-from layerlmc.checkpoints import save_state_dict
+from layerlmc.analyses.pairwise import evaluate_paths, plan_paths
 from layerlmc.cli.main import main
+from layerlmc.core.checkpoints import save_state_dict
 from layerlmc.errors import LayerLMCError
 from layerlmc.evaluate import EVALUATORS, Evaluator, EvaluatorSpec, Job, Split, make_evaluator
 from layerlmc.evaluate.plain import precision_context
-from layerlmc.lmc import evaluate_paths, plan_paths
 from layerlmc.models import cnn, mlp
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from layerlmc import recipes
 from layerlmc.cli.main import main
+from layerlmc.recipes import pair, table1
 
 
 @pytest.fixture()
 def tiny_pair(tiny_fmnist, tmp_path, monkeypatch):
     """The fig1 config with a tiny CNN, one epoch."""
-    config = recipes.CONFIG.read_text().replace("name: deep-cnn", "name: deep-cnn\n  args: {width: 2, hidden: 8}")
+    config = pair.CONFIG.read_text().replace("name: deep-cnn", "name: deep-cnn\n  args: {width: 2, hidden: 8}")
     config = config.replace("epochs: 10", "epochs: 1").replace("warmup_iters: 200", "warmup_iters: 2")
     path = tmp_path / "pair.yaml"
     path.write_text(config)
-    monkeypatch.setattr(recipes, "CONFIG", path)
+    monkeypatch.setattr(pair, "CONFIG", path)
     return path
 
 
@@ -37,16 +37,16 @@ def test_fig1_and_robustness_share_one_training_run(tiny_pair, tmp_path, capsys)
 
 
 def test_table1_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch, capsys):
-    config = recipes.FEDERATED_CONFIG.read_text()
+    config = table1.FEDERATED_CONFIG.read_text()
     config = config.replace("clients: 10", "clients: 5").replace("rounds: 10", "rounds: 1")
     config = config.replace("args: {width: 8, hidden: 64}", "args: {width: 2, hidden: 8}")
     config = config.replace("min_size: 50", "min_size: 5").replace("max_examples: 12000", "max_examples: null")
     path = tmp_path / "fed.yaml"
     path.write_text(config)
-    monkeypatch.setattr(recipes, "FEDERATED_CONFIG", path)
-    monkeypatch.setattr(recipes, "TABLE1_STRATEGIES", {
+    monkeypatch.setattr(table1, "FEDERATED_CONFIG", path)
+    monkeypatch.setattr(table1, "TABLE1_STRATEGIES", {
         "all layers (FedAvg)": [], "all but the head (FedPer)": ["aggregate.exclude=head"]})
-    monkeypatch.setattr(recipes, "TABLE1_PARTITIONS", {
+    monkeypatch.setattr(table1, "TABLE1_PARTITIONS", {
         "dirichlet(1)": ["partition.scheme=dirichlet", "partition.alpha=1"],
         "shards(2 classes)": ["partition.scheme=shards", "partition.classes_per_client=2"]})
     out = tmp_path / "runs"

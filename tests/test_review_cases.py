@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 import layerlmc
-from layerlmc.checkpoints import load_state_dict, strip_wrapper_prefixes
 from layerlmc.cli.main import main
+from layerlmc.core.checkpoints import load_state_dict, strip_wrapper_prefixes
+from layerlmc.core.groups import layer_groups
+from layerlmc.core.paths import parse_alphas
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import layer_groups
-from layerlmc.paths import parse_alphas
 
 from .test_cli import _args, _fails
 

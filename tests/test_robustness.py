@@ -14,16 +14,15 @@ from layerlmc.analyses.robustness import (
     averaging_paths,
     moved,
     random_direction,
-    robustness,
     robustness_groups,
     robustness_summary,
     step_fraction,
 )
-from layerlmc.checkpoints import save_state_dict
+from layerlmc.api import barriers, robustness
 from layerlmc.cli.robustness import robustness_command
+from layerlmc.core.checkpoints import save_state_dict
 from layerlmc.errors import LayerLMCError
 from layerlmc.evaluate.plain import Evaluator
-from layerlmc.lmc import barriers
 from layerlmc.specs import build_data
 
 

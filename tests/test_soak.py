@@ -15,8 +15,8 @@ import torch
 
 from layerlmc.analyses import find_checkpoints
 from layerlmc.analyses.trajectory import trajectory
-from layerlmc.checkpoints import save_state_dict
-from layerlmc.results import point_key
+from layerlmc.core.checkpoints import save_state_dict
+from layerlmc.core.records import point_key
 from layerlmc.specs import build_model
 
 ray = pytest.importorskip("ray")
@@ -82,7 +82,7 @@ def test_soak_trajectory_with_workers_killed(tmp_path):
     trajectory(model, a, b, data, tmp_path / "clean", **options)
     clean_seconds = time.perf_counter() - began
 
-    from layerlmc.executors import RayExecutor
+    from layerlmc.analyses.executors import RayExecutor
 
     executor = RayExecutor(num_cpus=2, max_retries=20)
     killer = Killer()

@@ -17,10 +17,10 @@ from layerlmc.analyses.subspace import (
     parse_sigmas,
     perturb,
     span_direction,
-    subspace,
     trajectory_snapshots,
 )
 from layerlmc.analyses.trajectory import find_checkpoints
+from layerlmc.api import subspace
 from layerlmc.cli.subspace import subspace_command
 from layerlmc.config import TrainConfig, load_config
 from layerlmc.data.synthetic import classification, make_classification

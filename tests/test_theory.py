@@ -13,9 +13,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerlmc.cli.theory import theory_command
-from layerlmc.errors import LayerLMCError
-from layerlmc.theory import (
+from layerlmc.analyses.theory import (
     DeepLinearPair,
     convexity,
     count_convex,
@@ -23,9 +21,7 @@ from layerlmc.theory import (
     cut_losses,
     deep_linear_cuts,
     deep_linear_pair,
-    deep_linear_study,
     exact_curvature,
-    fig4,
     layer_cuts,
     loss_of_output,
     min_curvature,
@@ -34,7 +30,11 @@ from layerlmc.theory import (
     non_convex,
     toy_paths,
 )
-from layerlmc.theory.toy import toy_loss
+from layerlmc.analyses.theory.toy import toy_loss
+from layerlmc.api import deep_linear_study
+from layerlmc.cli.theory import theory_command
+from layerlmc.errors import LayerLMCError
+from layerlmc.recipes.fig4 import fig4
 
 GRID = np.linspace(0.0, 1.0, 41)
 PROPERTY = settings(max_examples=30, deadline=None)

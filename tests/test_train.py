@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from layerlmc.checkpoints import load_state_dict
 from layerlmc.cli.main import main
 from layerlmc.config import AugmentConfig, ScheduleConfig, TrainConfig, load_config
+from layerlmc.core.checkpoints import load_state_dict
 from layerlmc.errors import LayerLMCError
 from layerlmc.train import read_history, train_runs
 from layerlmc.train.augment import augment

@@ -10,9 +10,9 @@ from layerlmc.analyses import find_checkpoints, layer_distances
 from layerlmc.analyses.trajectory import select_steps
 from layerlmc.cli.main import main
 from layerlmc.config import TrainConfig, load_config
+from layerlmc.core.groups import layer_groups
 from layerlmc.errors import LayerLMCError
 from layerlmc.evaluate.plain import Evaluator
-from layerlmc.layers import layer_groups
 from layerlmc.train import train_runs
 
 from .test_cli import _fails

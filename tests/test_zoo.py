@@ -14,8 +14,8 @@ from torch import nn
 
 import layerlmc
 from layerlmc.analyses.robustness import robustness_groups
+from layerlmc.core.groups import layer_groups
 from layerlmc.errors import LayerLMCError
-from layerlmc.layers import layer_groups
 from layerlmc.registry import models
 from layerlmc.specs import build_model
 
@@ -191,7 +191,7 @@ def test_vit_takes_fashion_mnist_and_cifar_images():
 
 
 def test_reproduce_vit_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch):
-    from layerlmc import recipes_vit
+    from layerlmc.recipes import vit as recipes_vit
 
     config = recipes_vit.CONFIG.read_text()
     config = config.replace("dim: 64, depth: 3, heads: 4, mlp_dim: 128",
@@ -204,9 +204,9 @@ def test_reproduce_vit_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch):
     # the figures (tested in test_robustness) and matplotlib's import would take most of
     # this test's time
     drawn = []
-    figures = types.ModuleType("layerlmc.plots_robustness")
+    figures = types.ModuleType("layerlmc.plots.robustness")
     figures.plot_robustness = lambda table, out, at=0.5: drawn.append((len(table), out))
-    monkeypatch.setitem(sys.modules, "layerlmc.plots_robustness", figures)
+    monkeypatch.setitem(sys.modules, "layerlmc.plots.robustness", figures)
     table, folder = recipes_vit.reproduce_vit(tmp_path / "runs", epochs=1, samples=2,
                                               max_examples=50, device="cpu", progress=False)
     assert folder == tmp_path / "runs" / "vit"

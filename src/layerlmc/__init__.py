@@ -7,23 +7,38 @@ The public API::
 
 Analyses over training and beyond the a–b line: :func:`trajectory`, :func:`robustness`,
 :func:`subspace`; federated simulation: :func:`federate`, :func:`aggregate`, :func:`partition`;
-deep linear networks: ``layerlmc.theory``.
+deep linear networks: :func:`deep_linear_study` and ``layerlmc.analyses.theory``.
+
+The layers of the package, from the bottom up (docs/design.md): ``core`` → ``evaluate`` →
+``analyses`` → ``train`` → ``plots`` → ``api`` → ``recipes`` → ``cli``.
 """
 
-__version__ = "0.1.0"
+from . import hf as _hf  # noqa: F401  (registers the Hugging Face folder loader)
+from ._compat import install as _install_compat
+from ._version import __version__  # noqa: F401
+from .analyses.pairwise import evaluate_paths, plan_paths
+from .api import barriers, deep_linear_study, federate, robustness, subspace, trajectory
+from .core.averaging import aggregate
+from .core.barriers import compute_barriers, summary_table
+from .core.checkpoints import check_pair, load_state_dict, save_state_dict
+from .core.groups import LayerGroup, layer_groups, order_groups
+from .core.paths import (
+    Path,
+    Point,
+    cumulative_paths,
+    full_path,
+    group_paths,
+    interpolate,
+    parse_alphas,
+)
+from .core.records import RunDir
+from .data.partition import partition
+from .errors import LayerLMCError
+from .evaluate import Evaluator, Metrics
+from .train import train_runs
 
-from .analyses import robustness, subspace, trajectory  # noqa: E402
-from .barriers import compute_barriers, summary_table  # noqa: E402
-from .checkpoints import check_pair, load_state_dict, save_state_dict  # noqa: E402
-from .data.partition import partition  # noqa: E402
-from .errors import LayerLMCError  # noqa: E402
-from .evaluate import Evaluator, Metrics  # noqa: E402
-from .layers import LayerGroup, layer_groups, order_groups  # noqa: E402
-from .lmc import barriers, evaluate_paths, plan_paths  # noqa: E402
-from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas  # noqa: E402
-from .results import RunDir  # noqa: E402
-from .train import train_runs  # noqa: E402
-from .train.federated import aggregate, federate  # noqa: E402
+# old module paths (``layerlmc.lmc``, ``layerlmc.results``, ...) keep working for one release
+_install_compat()
 
 __all__ = [
     "Evaluator",
@@ -37,6 +52,7 @@ __all__ = [
     "barriers",
     "check_pair",
     "compute_barriers",
+    "deep_linear_study",
     "cumulative_paths",
     "evaluate_paths",
     "federate",

@@ -7,7 +7,7 @@
   Face module names.
 * :func:`load_folder`: the state dict of a model folder (``model.safetensors``, sharded
   safetensors with their index, or ``pytorch_model.bin`` read with ``weights_only=True``);
-  :func:`layerlmc.checkpoints.load_state_dict` calls it for folders.
+  :func:`layerlmc.core.checkpoints.load_state_dict` calls it for folders.
 * The dataset ``hf-text``: next-token windows of a text file tokenized with the folder's own
   tokenizer (masked-token windows for a masked LM).
 
@@ -25,7 +25,7 @@ from types import ModuleType
 
 import torch
 
-from .checkpoints import Origin, StateDict, tag_origin
+from .core.checkpoints import Origin, StateDict, register_folder_loader, tag_origin
 from .errors import LayerLMCError, first_line
 from .registry import datasets
 
@@ -474,3 +474,7 @@ def _mask(
     labels = inputs.gather(1, positions)
     return inputs.scatter(1, positions, mask_id), labels
 
+
+# every folder given as a checkpoint is read as a Hugging Face model folder: its own checks say
+# what such a folder lacks
+register_folder_loader("huggingface", lambda folder: True, load_folder)

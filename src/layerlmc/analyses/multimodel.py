@@ -28,14 +28,16 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoints import StateDict, load_state_dict
 from ..config import FederatedConfig, validate
+from ..core.averaging import full_average
+from ..core.checkpoints import StateDict, load_state_dict
+from ..core.groups import LayerGroup, layer_groups, tied_keys
+from ..core.records import SCHEMA, RunDir, point_key
+from ..core.runs import AVERAGE, round_checkpoint
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator
-from ..layers import LayerGroup, layer_groups, tied_keys
-from ..lmc import analysis_inputs, build_evaluator
-from ..results import SCHEMA, RunDir, point_key
 from ..specs import build_data, build_model
+from .pairwise import analysis_inputs, build_evaluator
 
 log = logging.getLogger("layerlmc")
 COLUMNS = ("step", "unit", "kind", "group", "group_index", "base", "order", "split", "metric",
@@ -52,8 +54,6 @@ def multi_model_points(
     aggregation weights in the same order. With ``run``, stored records are reused and new
     ones appended as they are evaluated.
     """
-    from ..train.federated import full_average
-
     names = list(states)
     average = full_average(list(states.values()), weights)
     stored = {point_key(r): r for r in run.read_points()} if run is not None else {}
@@ -146,9 +146,6 @@ def analyse_federated_run(
 ) -> pd.DataFrame:
     """Multi-model barriers of a federated run's clients at ``rounds`` (default: the config's
     ``multimodel.every``, or the last round), written to ``FOLDER/multimodel``."""
-    from ..plots_trajectory import plot_multimodel
-    from ..train.federated import AVERAGE, round_checkpoint
-
     folder = Path(folder)
     config_file = folder / "config.yaml"
     if not config_file.is_file():
@@ -188,6 +185,5 @@ def analyse_federated_run(
                                           progress=progress)
     table = multi_model_barriers(records, dict(zip(names, weights)))
     run.write_file("multimodel.csv", table.to_csv(index=False))
-    plot_multimodel(table, run.figures)
     run.finish("complete")
     return table

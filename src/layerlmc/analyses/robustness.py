@@ -30,15 +30,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..cells import PathWork, evaluate_cells
-from ..checkpoints import StateDict, check_pair, reorder_like
+from ..core.checkpoints import StateDict, check_pair, reorder_like
+from ..core.groups import LayerGroup, layer_groups, select_groups, tied_keys
+from ..core.paths import BASES, Path, group_paths, parse_alphas
+from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Metrics
-from ..executors import Executor, using_executor
-from ..layers import LayerGroup, layer_groups, select_groups, tied_keys
-from ..lmc import _no_bar, analysis_inputs, as_list, build_evaluator, evaluate_paths, state_digest
-from ..paths import BASES, Path, group_paths, parse_alphas
-from ..results import SCHEMA, RunDir, point_key
+from .cells import PathWork, evaluate_cells
+from .executors import Executor, using_executor
+from .pairwise import (
+    _no_bar,
+    analysis_inputs,
+    as_list,
+    build_evaluator,
+    evaluate_paths,
+    state_digest,
+)
 from .trajectory import _common_folder, _load, note_step_digests, select_steps
 
 log = logging.getLogger("layerlmc")
@@ -401,7 +408,6 @@ def robustness(
     precision: str = "fp32",
     executor: str | Executor = "local",
     address: str | None = None,
-    plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> pd.DataFrame:
@@ -419,7 +425,7 @@ def robustness(
     ``precision`` (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``) are
     those of :func:`layerlmc.barriers`.
     ``executor`` (``local``, ``ray`` with the cluster's ``address``, or an
-    :class:`~layerlmc.executors.Executor`) runs the cells (per step: each averaging path, and
+    :class:`~layerlmc.analyses.executors.Executor`) runs the cells (per step: each averaging path, and
     each group and base's random directions); the records are the same.
 
     Returns the ``robustness.csv`` table (:func:`robustness_table`). With ``out``, the folder
@@ -541,10 +547,6 @@ def robustness(
         table = robustness_table(records)
         if run is not None:
             run.write_file("robustness.csv", table.to_csv(index=False))
-            if plots:
-                from ..plots_robustness import plot_robustness
-
-                plot_robustness(table, run.figures, at=at)
             run.finish("complete")
         return table
 

@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.groups import layer_groups, select_groups, tied_keys
+from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError, unknown
 from ..evaluate import Evaluator, Metrics
-from ..layers import layer_groups, select_groups, tied_keys
-from ..lmc import analysis_inputs, as_list, build_evaluator, state_digest
-from ..results import SCHEMA, RunDir, point_key
+from .pairwise import analysis_inputs, as_list, build_evaluator, state_digest
 
 log = logging.getLogger("layerlmc")
 
@@ -230,7 +230,6 @@ def subspace(
     max_memory: int = DEFAULT_MAX_MEMORY,
     step: int | None = None,
     unit: str | None = None,
-    plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> pd.DataFrame:
@@ -342,10 +341,6 @@ def subspace(
     table = tidy(records)
     if run is not None:
         run.write_file("subspace.csv", table.to_csv(index=False))
-        if plots:
-            from ..plots_subspace import plot_subspace
-
-            plot_subspace(table, run.figures)
         run.finish("complete")
     return table
 
@@ -671,51 +666,6 @@ def trajectory_snapshots(
     if steps[-1] not in chosen:
         chosen.append(steps[-1])
     return [a_checkpoints[s] for s in chosen] + [b_checkpoints[s] for s in chosen]
-
-
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "subspace_synthetic.yaml"
-
-
-def reproduce_subspace(
-    out: str | Path = "runs/reproduce",
-    device: str = "auto",
-    progress: bool | None = None,
-    *,
-    span: str = "final",
-    epochs: int | None = None,
-    sigmas: str = "0.001:10:100",
-    layer_sigmas: str = "0.001:5:100",
-    samples: int = 1,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, Path]:
-    """The notebooks' subspace experiment: train ``configs/subspace_synthetic.yaml`` (two
-    16→16→16→16→3 ReLU MLPs from one initialization, each on its own half of the training data;
-    once, into ``out/subspace_synthetic``), then perturb both in ``span`` (default ``final``:
-    span{θ_a, θ_b}, the published plots; ``trajectory``: every epoch's weights), its null space
-    and the averaging direction, for the full network (σ in ``sigmas``) and each layer (σ in
-    ``layer_sigmas``), on the test split. Returns the table and the analysis folder
-    ``out/subspace_<span>``."""
-    from ..recipes import train_pair
-
-    if span not in SPANS:
-        raise unknown("span", span, SPANS)
-    out = Path(out)
-    pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
-    model, data, config, trained = pair.model, pair.data, pair.config, pair.run
-    a_ckpts, b_ckpts = pair.a, pair.b
-    last = max(set(a_ckpts) & set(b_ckpts))
-    snapshots = trajectory_snapshots(a_ckpts, b_ckpts) if span == "trajectory" else None
-    analysis = out / f"subspace_{span}"
-    table = subspace(
-        model, a_ckpts[last], b_ckpts[last], data, analysis, span=span, snapshots=snapshots,
-        sigmas=sigmas, layer_sigmas=layer_sigmas, samples=samples, per_layer=True,
-        splits=[config.data.test_split], device=device, seed=seed, step=last, unit="epoch",
-        progress=progress,
-        config={"recipe": "subspace", "training": str(trained), "span": span, "sigmas": sigmas,
-                "layer_sigmas": layer_sigmas, "samples": samples, "seed": seed, "per_layer": True,
-                "coefficients": "uniform", "renormalise": False, "step": last},
-    )
-    return table, analysis
 
 
 def safe_name(name: str) -> str:

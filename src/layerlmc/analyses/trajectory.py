@@ -11,21 +11,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..barriers import compute_barriers
-from ..cells import PathWork, evaluate_cells
-from ..checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.barriers import compute_barriers
+from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.groups import LayerGroup, layer_groups, tied_keys
+from ..core.records import RunDir
 from ..errors import LayerLMCError
-from ..executors import Executor, using_executor
-from ..layers import LayerGroup, layer_groups, tied_keys
-from ..lmc import (
+from .cells import PathWork, evaluate_cells
+from .executors import Executor, using_executor
+from .pairwise import (
     analysis_inputs,
-    as_list,
     build_evaluator,
     evaluate_paths,
     plan_paths,
     state_digest,
 )
-from ..results import RunDir
 
 log = logging.getLogger("layerlmc")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -143,7 +142,6 @@ def trajectory(
     precision: str = "fp32",
     executor: str | Executor = "local",
     address: str | None = None,
-    plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -154,7 +152,7 @@ def trajectory(
     ``recompute``, as in :func:`layerlmc.barriers`, and so are ``evaluator`` and ``precision``
     (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``). ``executor``
     (``local``, ``ray`` with the cluster's ``address``, or an
-    :class:`~layerlmc.executors.Executor`) runs the (step, path) cells: the records are the
+    :class:`~layerlmc.analyses.executors.Executor`) runs the (step, path) cells: the records are the
     same. Returns ``(barriers, distances)``."""
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
@@ -221,10 +219,6 @@ def trajectory(
         distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
         run.write_barriers(table)
         run.write_file("distances.csv", distance_table.to_csv(index=False))
-        if plots:
-            from ..plots_trajectory import plot_trajectory
-
-            plot_trajectory(table, distance_table, run.figures, as_list(definitions)[0], as_list(references)[0])
         run.finish("complete")
         return table, distance_table
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..barriers import summary_table
-from ..checkpoints import check_pair, load_state_dict, reorder_like
-from ..layers import layer_groups, tied_keys
-from ..lmc import barriers
-from ..results import RunDir
+from ..api import barriers
+from ..core.barriers import summary_table
+from ..core.checkpoints import check_pair, load_state_dict, reorder_like
+from ..core.groups import layer_groups, tied_keys
+from ..core.records import RunDir
 from ..specs import build_data, build_model, parse_kwargs
 from .options import (
     analysis_kwargs,

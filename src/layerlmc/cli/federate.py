@@ -5,8 +5,9 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from ..api import federate
 from ..config import FederatedConfig, load_config
-from ..train.federated import federate, round_summary
+from ..train.federated import round_summary
 
 
 @click.command("federate")

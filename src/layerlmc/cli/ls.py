@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from .. import specs  # noqa: F401  (registers built-ins)
-from ..layers import SCHEMES
+from ..core.groups import SCHEMES
 from ..registry import datasets, models
 
 

@@ -12,11 +12,11 @@ import click
 import pandas as pd
 import yaml
 
+from ..core.groups import SCHEMES
 from ..errors import LayerLMCError
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
 from ..evaluate.plain import PRECISIONS
-from ..layers import SCHEMES
 from ..specs import parse_kwargs
 
 

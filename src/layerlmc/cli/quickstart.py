@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ..quickstart import run_quickstart
+from ..recipes.quickstart import run_quickstart
 from .barriers import report
 
 

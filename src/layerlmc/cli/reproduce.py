@@ -52,26 +52,26 @@ def reproduce_command(study: str, out: Path, epochs: int | None, every: int | No
                                                max_examples=max_examples or 2000, device=device)
         report_robustness(table, analysis, at=0.5)
     elif study == "lm":
-        from ..recipes_lm import reproduce_lm
+        from ..recipes.lm import reproduce_lm
 
         table, _, analysis = reproduce_lm(out, epochs=epochs, every=every or 1,
                                           max_examples=max_examples or 128, device=device)
         report_trajectory(table, analysis, "midpoint", "models")
     elif study == "vit":
-        from ..recipes_vit import reproduce_vit
+        from ..recipes.vit import reproduce_vit
         from .robustness import report_robustness
 
         table, analysis = reproduce_vit(out, epochs=epochs, samples=samples or 3, max_examples=max_examples or 1024,
                                         device=device)
         report_robustness(table, analysis, at=0.5)
     elif study == "subspace":
-        from ..analyses.subspace import reproduce_subspace
+        from ..recipes.subspace import reproduce_subspace
         from .subspace import report_subspace
 
         table, folder = reproduce_subspace(out, device=device, span=span)
         report_subspace(table, folder)
     elif study == "fig4":
-        from ..theory.toy import fig4
+        from ..recipes.fig4 import fig4
 
         summary = fig4(out / "fig4")
         click.echo("loss along each straight path of the toy network f(x) = w2·w1·x, A=(0.5, 2), B=(2, 0.5):")

@@ -6,7 +6,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..analyses.robustness import robustness, robustness_summary
+from ..analyses.robustness import robustness_summary
+from ..api import robustness
 from ..specs import build_data, build_model
 from .options import (
     bn_kwargs,

@@ -15,10 +15,10 @@ from ..analyses.subspace import (
     DIRECTIONS,
     SPACINGS,
     SPANS,
-    subspace,
     summarise,
     trajectory_snapshots,
 )
+from ..api import subspace
 from ..errors import LayerLMCError
 from ..specs import build_data, build_model
 from .options import group_options, is_training_run, precision_option, resolve_source, split_list

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..theory.deep_linear import ALPHAS, LOSSES, count_convex, deep_linear_study, non_convex
+from ..analyses.theory.deep_linear import ALPHAS, LOSSES, count_convex, non_convex
+from ..api import deep_linear_study
 
 _SIZE = click.IntRange(min=1)
 
@@ -94,7 +95,7 @@ def toy_command(out: Path, plots: bool) -> None:
     Example:
       layerlmc theory toy --out runs/theory/toy
     """
-    from ..theory.toy import fig4
+    from ..recipes.fig4 import fig4
 
     summary = fig4(out, plots=plots)
     click.echo("loss along the straight paths out of A (base A for the single-weight paths):")

@@ -5,10 +5,10 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..analyses import trajectory
-from ..barriers import compute_barriers, trajectory_summary
+from ..api import trajectory
+from ..core.barriers import compute_barriers, trajectory_summary
+from ..core.records import RunDir
 from ..errors import LayerLMCError
-from ..results import RunDir
 from ..specs import build_data, build_model
 from .options import (
     analysis_kwargs,
@@ -86,7 +86,7 @@ def plot_command(folder: Path, definition: str, reference: str) -> None:
     FOLDER is an analysis folder (with barriers.csv / points.jsonl) or a training run whose
     analysis/ holds them.
     """
-    from ..plots_trajectory import plot_trajectory
+    from ..plots.trajectory import plot_trajectory
 
     records = records_folder(folder)
     run = RunDir(records)

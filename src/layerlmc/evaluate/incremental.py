@@ -25,7 +25,7 @@ import torch
 import torch.fx
 from torch.func import functional_call
 
-from ..layers import tied_keys
+from ..core.groups import tied_keys
 from .data import Split
 from .plain import Evaluator, Job, Metrics, in_precision
 

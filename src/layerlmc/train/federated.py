@@ -28,7 +28,7 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +36,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import StateDict, load_state_dict, save_state_dict
+from ..analyses.executors import Shared, using_executor
 from ..config import AggregateConfig, FederatedConfig, to_dict
+from ..core.averaging import aggregate, full_average  # noqa: F401  (aggregate: its import path of 0.1)
+from ..core.checkpoints import StateDict, load_state_dict, save_state_dict
+from ..core.groups import LayerGroup, layer_groups, tied_keys
+from ..core.records import RunDir, append_jsonl
+from ..core.runs import AVERAGE, client_name, optimizers_path, round_checkpoint
 from ..data.partition import partition, summary_table
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Split, prepare_splits, resolve_device
-from ..executors import Shared, using_executor
-from ..layers import LayerGroup, layer_groups, tied_keys
-from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
 from .runner import (
     NOT_WEIGHTS,
@@ -55,44 +57,8 @@ from .runner import (
 )
 
 log = logging.getLogger("layerlmc")
-AVERAGE = "average"
 #: Config fields that change neither the clients' weights nor the history's numbers of a round.
 FEDERATED_NOT_WEIGHTS = (*NOT_WEIGHTS, "multimodel", "executor", "address")
-
-
-def aggregate(
-    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], keys: Iterable[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The weighted average of ``states`` for every floating key in ``keys``.
-
-    ``keys`` defaults to every key any state has. Each key is averaged over the clients that
-    send it, with their weights normalised over those clients only; integer tensors (e.g.
-    BatchNorm's ``num_batches_tracked``) are never blended and are left out of the result.
-    Accumulates in float64 and returns each tensor in its own dtype; identical states give back
-    exactly the same tensors. Pure: no input is modified.
-    """
-    if len(states) != len(weights):
-        raise LayerLMCError(f"aggregate: {len(states)} states but {len(weights)} weights")
-    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
-        raise LayerLMCError(f"aggregate: weights must be non-negative with a positive one, got {list(weights)}")
-    wanted = list(dict.fromkeys(k for s in states for k in s)) if keys is None else list(keys)
-    averaged: dict[str, torch.Tensor] = {}
-    for key in wanted:
-        senders = [(s[key], w) for s, w in zip(states, weights) if key in s and w > 0]
-        if not senders or not senders[0][0].is_floating_point():
-            continue
-        total = math.fsum(w for _, w in senders)
-        # base + Σ w·(t − base): identical tensors give back base exactly, whatever the dtype
-        base = senders[0][0].double()
-        mean = base + sum((t.double() - base) * (w / total) for t, w in senders)
-        averaged[key] = mean.to(senders[0][0].dtype)
-    return averaged
-
-
-def full_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> StateDict:
-    """Every key of the first state: floating keys averaged, integer buffers the first state's."""
-    averaged = aggregate(states, weights)
-    return {k: averaged.get(k, own) for k, own in states[0].items()}
 
 
 def client_weights(sizes: Sequence[int], batch_size: int, mode: str) -> list[float]:
@@ -207,18 +173,6 @@ class LocalTraining:
         return ClientResult(task.client, state, optimizer.state_dict(), sum(losses) / len(losses))
 
 
-def client_name(index: int, clients: int) -> str:
-    return f"client_{index:0{max(2, len(str(clients - 1)))}d}"
-
-
-def round_checkpoint(folder: Path, model: str, round_: int) -> Path:
-    return Path(folder) / "checkpoints" / model / f"round_{round_:04d}.safetensors"
-
-
-def optimizers_path(folder: Path, round_: int) -> Path:
-    return Path(folder) / "checkpoints" / f"optimizers_{round_:04d}.pt"
-
-
 def participants(config: FederatedConfig, round_: int) -> list[int]:
     """The clients that train in a round: all, or a seeded sample of ⌊``fraction``·K⌋ (at least one)."""
     # floor, as FedAvg's max(⌊C·K⌋, 1); the epsilon keeps 0.29 × 100 at 29
@@ -317,10 +271,6 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
             log.info("round %d/%d: clients' local test accuracy %.4f ± %.4f, average's test accuracy %.4f (%.0f s)",
                      round_, config.rounds, record["mean"], record["std"], record["global"],
                      time.perf_counter() - began)
-        if config.multimodel.enabled:
-            from ..analyses.multimodel import analyse_federated_run
-
-            analyse_federated_run(folder, progress=progress)
     run.finish("complete")
     return folder
 

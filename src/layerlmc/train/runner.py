@@ -19,25 +19,18 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoints import load_state_dict, save_state_dict
 from ..config import TrainConfig, differences, to_dict
+from ..core.checkpoints import load_state_dict, save_state_dict
+from ..core.records import RunDir, append_jsonl
+from ..core.runs import checkpoint_path, optimizer_path
 from ..errors import LayerLMCError, first_line
 from ..evaluate import Evaluator, prepare_splits, resolve_device
-from ..results import RunDir, append_jsonl
 from ..specs import build_data, build_model
 from .augment import augment
 from .schedules import learning_rate
 
 log = logging.getLogger("layerlmc")
 ROLES = "abcdefghijklmnopqrstuvwxyz"
-
-
-def checkpoint_path(out: Path, role: str, epoch: int) -> Path:
-    return Path(out) / "checkpoints" / role / f"epoch_{epoch:04d}.safetensors"
-
-
-def optimizer_path(out: Path, role: str, epoch: int) -> Path:
-    return Path(out) / "checkpoints" / role / f"optimizer_{epoch:04d}.pt"
 
 
 def run_folder(config: TrainConfig, out: str | Path | None = None) -> Path:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .plots import save_figure
+from .barriers import save_figure
 
 #: Colorbar labels; error is stored as a fraction and shown in percentage points.
 BAR_LABEL = {"loss": "barrier (loss)", "error": "barrier (error, pp)"}

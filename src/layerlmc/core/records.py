@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .errors import LayerLMCError
+from ..errors import LayerLMCError
 
 log = logging.getLogger("layerlmc")
 
@@ -297,7 +297,7 @@ def _now() -> str:
 def _versions() -> dict:
     import torch
 
-    from . import __version__
+    from .._version import __version__
 
     return {"layerlmc": __version__, "torch": torch.__version__, "python": platform.python_version()}
 

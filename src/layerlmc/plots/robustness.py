@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .analyses.robustness import DIRECTIONS, base_values, metric_values
-from .plots import save_figure
-from .plots_trajectory import _safe, _save, _step_key, _step_label, _unit
+from ..analyses.robustness import DIRECTIONS, base_values, metric_values
+from .barriers import save_figure
+from .trajectory import _safe, _save, _step_key, _step_label, _unit
 
 CMAP = "Blues"
 METRICS = ("loss", "error")

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import LayerLMCError, unknown
-from ..paths import parse_alphas
+from ...core.paths import parse_alphas
+from ...errors import LayerLMCError, unknown
 
 log = logging.getLogger("layerlmc")
 
@@ -452,7 +452,6 @@ def deep_linear_study(
     out: str | Path, depth: int = 4, width: int = 5, loss: str = "mse", examples: int = 256,
     steps: int = 1000, seed: int = 0, alphas: str | Sequence[float] = ALPHAS, *,
     same_init: bool = False, lr: float | None = None, batch_size: int = 32, noise: float = 0.1,
-    plots: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train a pair of deep linear networks, trace every cut and check its convexity.
 
@@ -461,7 +460,7 @@ def deep_linear_study(
     ``min_curvature`` from the exact polynomials for ``mse``), ``figures/deep_linear_cuts.png``
     (and ``.pdf``), ``config.yaml`` and ``run.json``. Returns (curves, convexity).
     """
-    from ..results import RunDir
+    from ...core.records import RunDir
 
     check_loss(loss)
     _check_sizes(depth=depth, width=width, examples=examples, steps=steps, batch_size=batch_size)
@@ -492,11 +491,5 @@ def deep_linear_study(
         if not broken.empty:  # the theorem says this cannot happen: a numerical problem
             log.warning("single-layer cut(s) %s not convex on the grid",
                         ", ".join(broken["layers"] + "/" + broken["base"]))
-        if plots:
-            from ..plots_theory import plot_cuts
-
-            title = (f"deep linear network, depth {depth}, width {width}, {loss} loss, "
-                     f"seed {seed}")
-            plot_cuts(curves, report, run.figures / "deep_linear_cuts", title=title)
         run.finish("complete")
     return curves, report

@@ -11,7 +11,7 @@ import logging
 import pickle
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import LayerLMCError, first_line
-from .layers import layer_groups
+from ..errors import LayerLMCError, first_line
+from .groups import layer_groups
 
 StateDict = dict[str, torch.Tensor]
 
@@ -119,10 +119,29 @@ def source_of(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+#: Readers of checkpoint folders (a Hugging Face model folder is one checkpoint), in the order
+#: they are tried: each is ``(accepts(folder) -> bool, load(folder) -> state dict)``. Adapters
+#: register theirs (:mod:`layerlmc.hf` on import), so the core never imports an adapter.
+FOLDER_LOADERS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], StateDict]]] = {}
+
+
+def register_folder_loader(name: str, accepts: Callable[[Path], bool],
+                           load: Callable[[Path], StateDict]) -> None:
+    FOLDER_LOADERS[name] = (accepts, load)
+
+
+def _load_folder(path: Path) -> StateDict:
+    for accepts, load in FOLDER_LOADERS.values():
+        if accepts(path):
+            return load(path)
+    raise LayerLMCError(f"checkpoint {path} is a folder, and no checkpoint format reads folders "
+                        "here (Hugging Face folders need layerlmc.hf)")
+
+
 def load_state_dict(path: str | Path) -> StateDict:
-    """Read a state dict from a safetensors or a weights-only torch file, or from a Hugging
-    Face model folder (``config.json`` and its weights; needs ``layerlmc[hf]``, see
-    :func:`layerlmc.hf.load_folder`).
+    """Read a state dict from a safetensors or a weights-only torch file, or from a folder that
+    a registered folder loader reads (:data:`FOLDER_LOADERS`; a Hugging Face model folder, with
+    ``config.json`` and its weights, needs ``layerlmc[hf]``: :func:`layerlmc.hf.load_folder`).
 
     Nested checkpoints (``{"state_dict": ...}``, ``{"model": ...}``, ...) are unwrapped and the
     ``module.`` / ``_orig_mod.`` prefixes stripped. Raises :class:`LayerLMCError` naming the file
@@ -132,9 +151,7 @@ def load_state_dict(path: str | Path) -> StateDict:
     if not path.exists():
         raise LayerLMCError(f"checkpoint not found: {path}")
     if path.is_dir():
-        from .hf import load_folder  # transformers only when a folder is given
-
-        return load_folder(path)
+        return _load_folder(path)
     if not path.is_file():
         raise LayerLMCError(f"checkpoint is not a file: {path}")
     if path.suffix == ".safetensors":
@@ -288,7 +305,7 @@ def check_pair(a: StateDict, b: StateDict, expected: Mapping[str, torch.Tensor] 
 
 def non_finite_groups(state: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
     """``(group, non-finite values, floating-point values)`` for every module group (see
-    :func:`layerlmc.layers.layer_groups`) of ``state`` holding a NaN or an infinity."""
+    :func:`layerlmc.core.groups.layer_groups`) of ``state`` holding a NaN or an infinity."""
     return _group_counts(state, _non_finite_counts(state))
 
 

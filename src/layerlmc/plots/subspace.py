@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .plots import save_figure
+from .barriers import save_figure
 
 DIRECTION_STYLE = {
     "span": ("tab:green", "span of the final weights"),
@@ -37,7 +37,7 @@ def plot_subspace(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Pat
     """``subspace_<target>.png`` for every target of ``table`` (``subspace_full.png``, then one per
     group) on the main split (``test`` when present), ``subspace_<target>_<split>.png`` for the
     other splits. Returns the files written."""
-    from .analyses.subspace import safe_name
+    from ..analyses.subspace import safe_name
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 - :func:`deep_linear_cuts` / :func:`deep_linear_study`: train two deep linear networks and
   trace the loss along every single-layer cut, pair cut and the full path; check convexity.
-- :func:`fig4`: the scalar toy network of the paper's Figure 4.
+- :func:`toy_study`: the scalar toy network of the paper's Figure 4 (``layerlmc reproduce fig4``).
 """
 
 from .deep_linear import (
@@ -23,7 +23,7 @@ from .deep_linear import (
     network_output,
     non_convex,
 )
-from .toy import fig4, toy_paths, toy_summary
+from .toy import toy_paths, toy_study, toy_summary
 
 __all__ = [
     "DeepLinearPair",
@@ -36,7 +36,6 @@ __all__ = [
     "deep_linear_pair",
     "deep_linear_study",
     "exact_curvature",
-    "fig4",
     "layer_cuts",
     "loss_of_output",
     "min_curvature",
@@ -44,5 +43,6 @@ __all__ = [
     "network_output",
     "non_convex",
     "toy_paths",
+    "toy_study",
     "toy_summary",
 ]

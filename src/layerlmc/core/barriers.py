@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .errors import LayerLMCError, unknown
-from .results import BARRIER_COLUMNS
+from ..errors import LayerLMCError, unknown
+from .records import BARRIER_COLUMNS
 
 DEFINITIONS = ("midpoint", "max")
 REFERENCES = ("models", "path")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG = Path(__file__).parent / "configs" / "pair_jargon_gpt.yaml"
+from ..api import trajectory
+from .pair import CONFIGS, train_pair
+
+CONFIG = CONFIGS / "pair_jargon_gpt.yaml"
 CUMULATIVE = ("shallow", "deep")
 
 
@@ -35,9 +38,6 @@ def reproduce_lm(
     distance table and the analysis folder ``out/lm`` (heatmaps in ``out/lm/figures`` unless
     ``plots=False``).
     """
-    from .analyses import trajectory
-    from .recipes import train_pair
-
     # the text dataset has training write its vocabulary to <run>/vocab.json
     pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
     analysis = Path(out) / "lm"

@@ -13,9 +13,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .barriers import check_choices, compute_barriers, needed_alphas
-from .checkpoints import StateDict, check_pair, load_state_dict, reorder_like
-from .evaluate import (
+from ..core.barriers import check_choices, compute_barriers, needed_alphas
+from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.groups import layer_groups, select_groups, tied_keys
+from ..core.paths import (
+    Path,
+    Point,
+    cumulative_paths,
+    full_path,
+    group_paths,
+    interpolate,
+    parse_alphas,
+)
+from ..core.records import SCHEMA, RunDir, point_key, short_hash
+from ..evaluate import (
     Evaluator,
     EvaluatorSpec,
     Job,
@@ -25,11 +36,8 @@ from .evaluate import (
     resolve_device,
     statistics_batches,
 )
-from .evaluate.auto import check_evaluator
-from .evaluate.batchnorm import batchnorm_modules, check_policy
-from .layers import layer_groups, select_groups, tied_keys
-from .paths import Path, Point, cumulative_paths, full_path, group_paths, interpolate, parse_alphas
-from .results import SCHEMA, RunDir, point_key, short_hash
+from ..evaluate.auto import check_evaluator
+from ..evaluate.batchnorm import batchnorm_modules, check_policy
 
 log = logging.getLogger("layerlmc")
 
@@ -340,7 +348,7 @@ def analysis_inputs(
     ``batchnorm`` is the evaluator's :attr:`~layerlmc.evaluate.Evaluator.bn_summary`
     (default: the ``interpolate`` policy); ``precision`` its
     :attr:`~layerlmc.evaluate.Evaluator.precision` (a folder written before precision was
-    recorded counts as ``fp32``: :data:`~layerlmc.results.INPUT_DEFAULTS`).
+    recorded counts as ``fp32``: :data:`~layerlmc.core.records.INPUT_DEFAULTS`).
     """
     if batchnorm is None:
         batchnorm = "interpolate" if batchnorm_modules(model) else "no BatchNorm"
@@ -383,7 +391,6 @@ def barriers(
     evaluator: str = "plain",
     precision: str = "fp32",
     out: str | FilePath | None = None,
-    plots: bool = True,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> pd.DataFrame:
@@ -447,10 +454,6 @@ def barriers(
     table = compute_barriers(pd.DataFrame(records), definitions, references)
     if run is not None:
         run.write_barriers(table)
-        if plots:
-            from .plots import plot_run
-
-            plot_run(pd.DataFrame(records), table, run.figures)
         run.finish("complete")
     return table
 

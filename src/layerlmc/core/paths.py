@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import LayerLMCError
-from .layers import ORDERS, LayerGroup, order_groups
+from ..errors import LayerLMCError
+from .groups import ORDERS, LayerGroup, order_groups
 
 KINDS = ("full", "group", "cumulative")
 BASES = ("a", "b")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoints import load_state_dict
-from .config import TrainConfig, validate
-from .data.fashion_mnist import fashion_mnist
-from .lmc import barriers
-from .models import cnn
-from .train import checkpoint_path, train_runs
+from ..api import barriers
+from ..config import TrainConfig, validate
+from ..core.checkpoints import load_state_dict
+from ..data.fashion_mnist import fashion_mnist
+from ..models import cnn
+from ..train import checkpoint_path, train_runs
 
 
 def quickstart_config(epochs: int = 2, device: str = "auto") -> TrainConfig:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from .errors import LayerLMCError, first_line, unknown
+from ..errors import LayerLMCError, first_line, unknown
 
 log = logging.getLogger("layerlmc")
 

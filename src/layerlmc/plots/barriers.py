@@ -14,7 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import LayerLMCError  # noqa: E402
+from ..errors import LayerLMCError  # noqa: E402
 
 METRIC_LABEL = {"loss": "loss (cross-entropy)", "error": "error (%)"}
 BASE_COLOR = {"a": "tab:blue", "b": "tab:orange"}

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG = Path(__file__).parent / "configs" / "pair_fmnist_vit.yaml"
+from ..api import robustness
+from .pair import CONFIGS, train_pair
+
+CONFIG = CONFIGS / "pair_fmnist_vit.yaml"
 #: The paper's grid: α = 0, 0.1, …, 1 (``eval_interpolation_multiple_layers.py``).
 ALPHAS = "0:1:11"
 
@@ -30,9 +33,6 @@ def reproduce_vit(
     test images (the paper: the first 1,024 train and 1,024 test images). Returns the
     ``robustness.csv`` table and the analysis folder ``out/vit``.
     """
-    from .analyses import robustness
-    from .recipes import train_pair
-
     pair = train_pair(CONFIG, out, epochs=epochs, device=device, progress=progress)
     analysis = Path(out) / "vit"
     table = robustness(

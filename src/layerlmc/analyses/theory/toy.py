@@ -79,17 +79,14 @@ def toy_summary(paths: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
-def fig4(out: str | Path = "runs/theory/toy", progress: bool | None = None,
-         plots: bool = True) -> pd.DataFrame:
+def toy_study(out: str | Path = "runs/theory/toy", progress: bool | None = None) -> pd.DataFrame:
     """Write the toy study to the run folder ``out`` and return its summary table.
 
     Files: ``paths.csv`` (:func:`toy_paths`, 101 alphas), ``summary.csv`` (:func:`toy_summary`),
-    ``figures/fig4.png`` and ``.pdf`` (left: the loss surface over (w1, w2), log colour scale,
-    with the hyperbola of minima and the three paths; right: loss vs α along each path),
-    ``config.yaml``, ``run.json``. ``progress`` is accepted for the recipe interface; the study
-    takes well under a second.
+    ``config.yaml``, ``run.json``; the figure is the recipe's (:func:`layerlmc.recipes.fig4`).
+    ``progress`` is accepted for the recipe interface; the study takes well under a second.
     """
-    from ..results import RunDir
+    from ...core.records import RunDir
 
     run = RunDir(out)
     settings = {"study": "toy", "a": list(A), "b": list(B), "alphas": len(ALPHAS)}
@@ -99,9 +96,5 @@ def fig4(out: str | Path = "runs/theory/toy", progress: bool | None = None,
         summary = toy_summary(paths)
         run.write_file("paths.csv", paths.to_csv(index=False))
         run.write_file("summary.csv", summary.to_csv(index=False))
-        if plots:
-            from ..plots_theory import plot_toy
-
-            plot_toy(paths, run.figures / "fig4", a=A, b=B)
         run.finish("complete")
     return summary

@@ -1,6 +1,6 @@
 """An analysis split into independent cells (step × path) for a distributed executor.
 
-The local executor evaluates a step's points in one loop (:func:`layerlmc.lmc.evaluate_paths`),
+The local executor evaluates a step's points in one loop (:func:`layerlmc.analyses.pairwise.evaluate_paths`),
 where identical states are shared across paths. On a cluster the same points are cut into
 cells: per step, one cell for the two endpoints, then one per path (or per random-direction
 family), each given the endpoints' records. The evaluator's specification is shared once per
@@ -22,12 +22,12 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from .checkpoints import StateDict
-from .evaluate import Evaluator, EvaluatorSpec
+from ..core.checkpoints import StateDict
+from ..core.paths import Path
+from ..core.records import RunDir, point_key
+from ..evaluate import Evaluator, EvaluatorSpec
 from .executors import Executor, Shared
-from .lmc import _no_bar, _record, endpoint_paths, evaluate_paths
-from .paths import Path
-from .results import RunDir, point_key
+from .pairwise import _no_bar, _record, endpoint_paths, evaluate_paths
 
 
 class CellWork(Protocol):

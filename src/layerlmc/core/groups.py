@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import LayerLMCError, did_you_mean, unknown
+from ..errors import LayerLMCError, did_you_mean, unknown
 
 SCHEMES = ("module", "block", "param", "regex", "glob", "all")
 DEFAULT_BLOCK_REGEX = r"^(.*?\.\d+)\."

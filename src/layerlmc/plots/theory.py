@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .plots_trajectory import _save  # PNG and PDF, each written atomically
+from .trajectory import _save  # PNG and PDF, each written atomically
 
 DPI = 150
 #: Path colours of the toy figure (the same in both panels).

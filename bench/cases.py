@@ -1,0 +1,110 @@
+"""The benchmark cases: each model's sizes, its Fashion-MNIST subsets and the sweep's points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmarked model and its data; sizes are multiples of 256, so that the paper's mean
+    of batch means and our per-example mean are the same number and can be compared exactly."""
+
+    model: str
+    kwargs: dict
+    train: int
+    test: int
+    pad: int  # zero pixels on each side (ResNet-18 takes 32×32)
+    batch: int  # layerlmc's and the floor's batch size
+    rounds: int
+
+
+def specs(quick: bool, resnet_width: int, gpu: bool = False, batch: int | None = None) -> dict[str, Spec]:
+    if gpu:
+        # issue 7's GPU check: the real ResNet-18 (width 64) without normalisation, batch 512,
+        # 10,240 train and test images each: minutes, not hours, on one GPU
+        chosen = {
+            "mlp": Spec("mlp", {}, 10240, 10240, 0, 512, 3),
+            "cnn": Spec("cnn", {}, 10240, 10240, 0, 512, 2),
+            "resnet18": Spec("resnet18", {"in_channels": 1, "width": resnet_width, "norm": "none"},
+                             10240, 10240, 2, 512, 2),
+        }
+    elif quick:
+        chosen = {
+            "mlp": Spec("mlp", {}, 1024, 1024, 0, 1024, 1),
+            "cnn": Spec("cnn", {}, 256, 256, 0, 256, 1),
+            "resnet18": Spec("resnet18", {"in_channels": 1, "width": 4, "norm": "none"},
+                             256, 256, 2, 256, 1),
+        }
+    else:
+        chosen = _cpu_specs(resnet_width)
+    if batch:
+        chosen = {name: replace(spec, batch=batch) for name, spec in chosen.items()}
+    return chosen
+
+
+def _cpu_specs(resnet_width: int) -> dict[str, Spec]:
+    # sized so the whole run takes ~10 minutes on 2 busy cores with one thread
+    return {
+        "mlp": Spec("mlp", {}, 8192, 8192, 0, 1024, 5),  # ~1 s each: noisy, so more rounds
+        "cnn": Spec("cnn", {}, 2048, 2048, 0, 1024, 2),
+        "resnet18": Spec("resnet18", {"in_channels": 1, "width": resnet_width, "norm": "none"},
+                         512, 512, 2, 512, 1),
+    }
+
+
+def memory_spec(quick: bool) -> Spec:
+    """A ~100M-parameter MLP (fc1..fc7 of width 4096 and head: 104M parameters, 417 MB) on
+    a few examples: memory, not speed, is what this measures."""
+    hidden = [1024] * 4 if quick else [4096] * 7
+    return Spec("mlp", {"hidden": hidden}, 64, 64, 0, 64, 1)
+
+
+def model_constructor(spec: Spec):
+    """The model constructor (a fresh, randomly initialised network per call)."""
+    from layerlmc.models import cnn, mlp
+    from layerlmc.models.resnet import resnet18
+
+    return {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}[spec.model], spec.kwargs
+
+
+def fashion_mnist_subset(split: str, count: int, pad: int):
+    """A fixed seeded subset of one Fashion-MNIST split as uint8 [N, H, W] and int64 labels."""
+    import numpy as np
+    import torch
+
+    from layerlmc.data import fashion_mnist as fm
+
+    folder = fm.find_dir()
+    names = fm.FILES[split]
+    paths = [folder / n if (folder / n).is_file() else folder / f"{n}.gz" for n in names]
+    images, labels = fm.read_idx(paths[0]), fm.read_idx(paths[1]).astype(np.int64)
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:count]
+    chosen = chosen.sort().values.numpy()
+    images, labels = images[chosen], labels[chosen]
+    if pad:  # like torchvision's Pad(pad) before ToTensor: black pixels
+        images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
+    return np.ascontiguousarray(images), labels
+
+
+def preloaded_tensors(images, labels):
+    """Preloaded float tensors, with exactly the per-item pipeline's arithmetic."""
+    import torch
+
+    from layerlmc.data.fashion_mnist import MEAN, STD
+
+    x = torch.from_numpy(images).float().div(255.0).unsqueeze(1)
+    return x.sub(MEAN).div(STD), torch.from_numpy(labels)
+
+
+def logic_layers(state) -> dict[str, list[str]]:
+    """The paper's logic layers (PAPER.md §1.4), named with dots like layerlmc's module groups."""
+    groups: dict[str, list[str]] = {}
+    for key in state:
+        groups.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    return groups
+
+
+def point_key(kind: str, group: str, base: str | None, alpha: float, split: str) -> str:
+    """One (point, split) of the sweep, named the same by every method so they can be compared."""
+    return f"{kind}|{group}|{base}|{alpha:g}|{split}"

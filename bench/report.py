@@ -1,0 +1,218 @@
+"""docs/benchmarks.md: the machine, a table per model, the agreement checks and issue 7's goals."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from bench import ROOT
+from bench.cases import Spec, memory_spec
+from bench.measure import best_round
+from bench.paper import PAPER_BATCH
+
+INTRO = """# Benchmarks: the standard layer-wise sweep
+
+Written by `python bench/sweep.py` (`make bench`); rerun it to refresh. The sweep: both endpoints,
+the full midpoint and every layer group at α=½ with base `a` and base `b`, on a train and a test
+subset of Fashion-MNIST. Endpoints are two randomly initialised networks (seeds 0 and 1): the time
+of an evaluation does not depend on training.
+
+- **baseline**: the paper's method written from its description (PAPER.md §1.3, §9): per point a
+  fresh model, `copy.deepcopy` of both state dicts, interpolation into a new state dict and
+  `load_state_dict`; a `DataLoader` (batch 256, no worker processes) over a `Dataset` that converts
+  and normalises each uint8 image on its own; α ∈ {0, ½, 1} for both bases per group (4 models
+  per group) and on the full path; mean of batch means. Each model is built once per point and
+  evaluated on both splits.
+- **layerlmc:E**: one `layerlmc.barriers(model, a, b, data, alphas="0.5", plots=False,
+  evaluator=E)` call, the data given as preloaded tensors.
+- **floor**: `model(x)` on preloaded tensors, once per distinct state of the sweep (3 + 2 × groups)
+  and split: the cost of whole forward passes alone.
+
+Each measurement runs in a fresh subprocess; the methods of a model are interleaved round by round
+(in a rotating order) and the tables show each one's best time. "Peak extra" is the process's peak
+RSS during the sweep minus its RSS just before it (data, endpoints and model already loaded). Only
+ratios from one run are comparable: the machine was shared with other jobs.
+"""
+
+MEMORY_NOTE = (
+    "Peak = the process's peak RSS during the sweep minus its RSS after the imports, the data and "
+    "a first torch operation, so it counts the endpoints `a` and `b` (\"held\"; the model shares "
+    "`a`'s tensors) and everything the sweep allocates on top (\"sweep\"). Budget = 3 × "
+    "parameter bytes + one batch of activations (every layer's output for one batch, float32)."
+)
+MEMORY_HEADER = ("| method | parameters | parameter bytes (MiB) | held (MiB) | sweep (MiB) | "
+                 "peak (MiB) | peak / parameter bytes | budget (MiB) | within |")
+
+
+def machine_info(threads: int, device: str = "cpu") -> dict[str, str]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        sha += " (with uncommitted changes)"
+    import layerlmc
+
+    gpu = {}
+    if device.startswith("cuda"):
+        gpu = {"GPU": torch.cuda.get_device_name(torch.device(device)),
+               "CUDA": str(torch.version.cuda)}
+    return {**gpu, "CPU": cpu, "cores": str(os.cpu_count()), "threads": str(threads),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "layerlmc": f"{getattr(layerlmc, '__version__', '?')} @ {sha}",
+            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def largest_differences(a: dict, b: dict) -> tuple[int, float, float]:
+    """Shared points, the largest relative loss difference and accuracy difference."""
+    shared = [k for k in a if k in b]
+    rel = max((abs(a[k][0] - b[k][0]) / max(abs(b[k][0]), 1e-12) for k in shared), default=0.0)
+    acc = max((abs(a[k][1] - b[k][1]) for k in shared), default=0.0)
+    return len(shared), rel, acc
+
+
+def fmt_s(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.2f}"
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def describe_case(name: str, spec: Spec) -> str:
+    what = {"mlp": "MLP 784-256-128-10", "cnn": "small CNN (conv1-3, fc1, head; width 16)",
+            "resnet18": f"ResNet-18, norm=none, in_channels=1, width={spec.kwargs.get('width')}"}
+    size = f"{spec.train:,} train + {spec.test:,} test images"
+    if spec.pad:
+        size += f" padded to {28 + 2 * spec.pad}×{28 + 2 * spec.pad}"
+    return f"{what[name]}; {size}; layerlmc/floor batch {spec.batch}, baseline batch {PAPER_BATCH}"
+
+
+def benchmarks_markdown(info, all_specs, chosen, results, methods, memory, notes,
+                        quick: bool) -> str:
+    lines = [INTRO, "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    lines += [""]
+    if notes:
+        lines += [f"**Note:** {n}" for n in notes] + [""]
+    goals: list[str] = []
+    for name in chosen:
+        spec, runs = all_specs[name], results[name]
+        tops = {m: best_round(runs[m]) for m in methods}
+        groups = next((t["groups"] for t in tops.values() if t), 0)
+        rounds = max(len(v) for v in runs.values())
+        lines += [f"## {name}", "", describe_case(name, spec) + f"; {groups} layer groups "
+                  f"({3 + 2 * groups} states per split for the sweep, {3 + 4 * groups} for the "
+                  f"baseline); best of {rounds} round(s).", "",
+                  ("| method | best time (s) | all rounds (s) | baseline / method "
+                   "| method / floor | peak extra (MiB) |"),
+                  "|---|---:|---:|---:|---:|---:|"]
+        base, floor = tops.get("baseline"), tops.get("floor")
+        for m in methods:
+            t = tops[m]
+            if t is None:
+                error = next((r.get("error") for r in runs[m] if "error" in r), "failed")
+                lines.append(f"| {m} | failed: {error} | | | | |")
+                continue
+            vs_base = f"{base['seconds'] / t['seconds']:.1f}×" if base else "—"
+            vs_floor = f"{t['seconds'] / floor['seconds']:.2f}" if floor else "—"
+            extra = mib(t["peak_kib"] - t["rss_setup_kib"])
+            every = ", ".join(fmt_s(r["seconds"]) for r in runs[m] if "seconds" in r)
+            lines.append(f"| {m} | {fmt_s(t['seconds'])} | {every} | {vs_base} | {vs_floor} | "
+                         f"{extra} |")
+        lines += [""]
+        # agreement: every layerlmc evaluator against the baseline and against each other
+        evaluated = [m for m in methods if m.startswith("layerlmc:") and tops[m]]
+        if base:
+            internal = max(abs(v[0] - v[2]) / abs(v[2]) for v in base["records"].values())
+            lines.append(f"- baseline: mean of batch means vs per-example mean differ by at most "
+                         f"{internal:.1e} relative (every batch is full).")
+        for m in evaluated:
+            if base:
+                shared, rel, acc = largest_differences(tops[m]["records"], base["records"])
+                verdict = "agree" if rel <= 1e-6 and acc == 0 else "DIFFER"
+                lines.append(f"- {m} vs baseline on {shared} (point, split) pairs: loss differs "
+                             f"by at most {rel:.1e} relative, accuracy by {acc:.1e}: {verdict} "
+                             f"(to 1e-6).")
+        for m in evaluated[1:]:
+            shared, rel, acc = largest_differences(tops[m]["records"],
+                                                   tops[evaluated[0]]["records"])
+            verdict = "identical" if rel <= 1e-6 and acc == 0 else "DIFFER"
+            lines.append(f"- {m} vs {evaluated[0]}: {shared} pairs, loss {rel:.1e} relative, "
+                         f"accuracy {acc:.1e}: {verdict}.")
+        lines += [""]
+        fastest = min((tops[m] for m in evaluated), key=lambda t: t["seconds"], default=None)
+        if name in ("mlp", "cnn") and base and fastest:
+            speedup = base["seconds"] / fastest["seconds"]
+            limit = ""
+            if floor and speedup < 10:
+                # what bounds the ratio: the baseline's own cost measured in whole forward passes
+                ceiling = base["seconds"] / floor["seconds"]
+                limit = (f"the baseline is only {ceiling:.1f}× the forward floor, so 10× needs "
+                         f"the sweep at {ceiling / 10:.2f}× the floor; the best is "
+                         f"{fastest['seconds'] / floor['seconds']:.2f}×")
+            goals.append(f"| layerlmc ≥ 10× faster than the baseline on {name} | "
+                         f"{speedup:.1f}× ({fastest['method']}) | "
+                         f"{'met' if speedup >= 10 else 'missed'} | {limit} |")
+        if name in ("cnn", "resnet18") and floor:
+            inc = tops.get("layerlmc:incremental")
+            if inc:
+                ratio = inc["seconds"] / floor["seconds"]
+                goals.append(f"| incremental ≤ 0.6× the forward floor on {name} | "
+                             f"{ratio:.2f}× | "
+                             f"{'met' if ratio <= 0.6 else 'missed'} | |")
+            else:
+                goals.append(f"| incremental ≤ 0.6× the forward floor on {name} | not measured "
+                             "(no incremental evaluator in this checkout) | open | |")
+    if memory:
+        spec = memory_spec(quick)
+        lines += ["## Memory of a ~100M-parameter sweep", "",
+                  (f"MLP 784-{'-'.join(str(h) for h in spec.kwargs['hidden'])}-10, the standard "
+                   f"sweep on {spec.train} + {spec.test} examples, batch {spec.batch}. "
+                   f"{MEMORY_NOTE}"),
+                  "", MEMORY_HEADER, "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in memory:
+            if "seconds" not in r:
+                lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | |")
+                continue
+            params = r["param_bytes"]
+            acts = spec.batch * (sum(spec.kwargs["hidden"]) + 10) * 4
+            budget = 3 * params + acts
+            peak = (r["peak_kib"] - r["rss_import_kib"]) * 1024
+            held = (r["rss_setup_kib"] - r["rss_import_kib"]) * 1024
+            ok = peak <= budget
+            lines.append(f"| {r['method']} | {params // 4 / 1e6:.1f}M | {params / 2**20:.0f} | "
+                         f"{held / 2**20:.0f} | {(peak - held) / 2**20:.0f} | "
+                         f"{peak / 2**20:.0f} | {peak / params:.2f} | {budget / 2**20:.0f} | "
+                         f"{'yes' if ok else 'NO'} |")
+            if r is memory[0]:
+                limit = "" if ok else (
+                    f"a and b hold {held / params:.2f}×; the sweep adds "
+                    f"{(peak - held) / params:.2f}×: the full midpoint is a new tensor for every "
+                    "key (1×), plus the runtime's "
+                    f"own {(peak - held - params - acts) / 2**20:.0f} MiB")
+                goals.append(f"| peak memory of a ~100M-parameter sweep < 3× parameter bytes + "
+                             f"activations | {peak / params:.2f}× ({r['method']}) | "
+                             f"{'met' if ok else 'missed'} | {limit} |")
+        lines += [""]
+    if goals:
+        lines += ["## Goals (issue 7)", "", "| goal | measured | | what limits it |",
+                  "|---|---|---|---|", *goals, ""]
+    return "\n".join(lines)

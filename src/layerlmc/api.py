@@ -1,0 +1,118 @@
+"""The public studies: each runs its analysis, then draws its figures from the records.
+
+Analyses (:mod:`layerlmc.analyses`) compute records and never draw; plots
+(:mod:`layerlmc.plots`) read records and never compute. A user who wants both in one call, as
+the paper's figures come, calls these: ``layerlmc.barriers``, ``trajectory``, ``robustness``,
+``subspace``, ``federate`` and ``deep_linear_study`` take every argument of their analysis plus
+``plots`` (default ``True``: with an ``out`` folder, the figures go to ``out/figures``).
+matplotlib is imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from .analyses import multimodel, pairwise
+from .analyses.robustness import robustness as robustness_analysis
+from .analyses.subspace import subspace as subspace_analysis
+from .analyses.theory.deep_linear import deep_linear_study as deep_linear_analysis
+from .analyses.trajectory import trajectory as trajectory_analysis
+from .config import FederatedConfig
+from .core.records import RunDir
+from .train import federated
+
+Draw = Callable[[object, Path, Mapping[str, object]], object]
+
+
+def with_figures(analysis: Callable, draw: Draw) -> Callable:
+    """``analysis`` with a keyword ``plots``: after it returns, ``draw(result, out, arguments)``
+    draws the figures of its run folder ``out`` (when it has one)."""
+    signature = inspect.signature(analysis)
+
+    @functools.wraps(analysis)
+    def study(*args, plots: bool = True, **kwargs):
+        result = analysis(*args, **kwargs)
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        out = arguments.arguments.get("out")
+        if plots and out is not None:
+            # a figure that cannot be written leaves the run short of complete, as a record would
+            with RunDir(out).status_on_error():
+                draw(result, Path(out), arguments.arguments)
+        return result
+
+    plots = inspect.Parameter("plots", inspect.Parameter.KEYWORD_ONLY, default=True)
+    study.__signature__ = signature.replace(parameters=[*signature.parameters.values(), plots])
+    return study
+
+
+def _first(values) -> str:
+    return pairwise.as_list(values)[0]
+
+
+def _draw_barriers(table: pd.DataFrame, out: Path, arguments: Mapping) -> None:
+    from .plots.barriers import plot_run
+
+    run = RunDir(out)
+    plot_run(pd.DataFrame(run.read_points(repair=False)), table, run.figures)
+
+
+def _draw_trajectory(result: tuple[pd.DataFrame, pd.DataFrame], out: Path, arguments: Mapping) -> None:
+    from .plots.trajectory import plot_trajectory
+
+    table, distances = result
+    plot_trajectory(table, distances, out / "figures", _first(arguments["definitions"]),
+                    _first(arguments["references"]))
+
+
+def _draw_robustness(table: pd.DataFrame, out: Path, arguments: Mapping) -> None:
+    from .plots.robustness import plot_robustness
+
+    plot_robustness(table, out / "figures", at=arguments["at"])
+
+
+def _draw_subspace(table: pd.DataFrame, out: Path, arguments: Mapping) -> None:
+    from .plots.subspace import plot_subspace
+
+    plot_subspace(table, out / "figures")
+
+
+def _draw_deep_linear(result: tuple[pd.DataFrame, pd.DataFrame], out: Path, arguments: Mapping) -> None:
+    from .plots.theory import plot_cuts
+
+    curves, report = result
+    title = (f"deep linear network, depth {arguments['depth']}, width {arguments['width']}, "
+             f"{arguments['loss']} loss, seed {arguments['seed']}")
+    plot_cuts(curves, report, out / "figures" / "deep_linear_cuts", title=title)
+
+
+barriers = with_figures(pairwise.barriers, _draw_barriers)
+trajectory = with_figures(trajectory_analysis, _draw_trajectory)
+robustness = with_figures(robustness_analysis, _draw_robustness)
+subspace = with_figures(subspace_analysis, _draw_subspace)
+deep_linear_study = with_figures(deep_linear_analysis, _draw_deep_linear)
+
+
+def federate(config: FederatedConfig, out: str | Path | None = None, progress: bool | None = None,
+             *, plots: bool = True) -> Path:
+    """Simulate ``config`` (:func:`layerlmc.train.federated.federate`), then, when
+    ``config.multimodel.enabled``, measure the barriers of the K-client average into
+    ``FOLDER/multimodel`` (:func:`layerlmc.analyses.multimodel.analyse_federated_run`) and draw
+    them. Returns the run folder."""
+    folder = federated.federate(config, out, progress=progress)
+    if config.multimodel.enabled:
+        table = multimodel.analyse_federated_run(folder, progress=progress)
+        if plots:
+            from .plots.trajectory import plot_multimodel
+
+            plot_multimodel(table, folder / "multimodel" / "figures")
+    return folder
+
+
+__all__ = ["barriers", "deep_linear_study", "federate", "robustness", "subspace", "trajectory",
+           "with_figures"]
