@@ -104,8 +104,7 @@ def test_recompute_gives_the_statistics_of_a_plain_pass():
     data = _data()
     model = ConvNet().eval()
     flags = _bn_flags(model)
-    evaluator = build_evaluator(model, data, a, None, None, 7, 8, "cpu", bn="recompute",
-                                bn_batches=3, bn_batch_size=5)
+    evaluator = build_evaluator(model, data, a, splits=None, max_examples=None, seed=7, batch_size=8, device="cpu", bn="recompute", bn_batches=3, bn_batch_size=5)
     batches = evaluator.bn_batches
     assert [len(x) for x in batches] == [5, 5, 5]
     # seeded rows of the train split, none twice
@@ -155,7 +154,7 @@ def test_batch_stats_normalise_each_batch_and_change_nothing():
     data = _data()
     model = ConvNet()
     flags = _bn_flags(model.eval())
-    evaluator = build_evaluator(model, data, a, None, None, 0, 6, "cpu", bn="batch-stats")
+    evaluator = build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=6, device="cpu", bn="batch-stats")
     state = _midpoint(a, b)
     before = {k: v.clone() for k, v in state.items()}
     for split in ("train", "test"):
@@ -174,7 +173,7 @@ def test_keep_base_takes_the_statistics_of_the_base():
     a, b = _pair()
     data = _data()
     model = ConvNet()
-    evaluator = build_evaluator(model, data, a, ["test"], None, 0, 64, "cpu", bn="keep-base")
+    evaluator = build_evaluator(model, data, a, splits=["test"], max_examples=None, seed=0, batch_size=64, device="cpu", bn="keep-base")
     floats = [k for k, v in a.items() if v.is_floating_point()]
     bn_group = frozenset(k for k in a if k.startswith("bn."))
     paths = [full_path(floats, (0.5, 1.0)),
@@ -210,8 +209,8 @@ def test_interpolate_is_the_default_and_blends_the_statistics():
     model = ConvNet()
     x, y = data["test"]
     state = _midpoint(a, b)
-    default = build_evaluator(model, data, a, None, None, 0, 16, "cpu")
-    chosen = build_evaluator(model, data, a, None, None, 0, 16, "cpu", bn="interpolate")
+    default = build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=16, device="cpu")
+    chosen = build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=16, device="cpu", bn="interpolate")
     blended = {k: 0.5 * a[k] + 0.5 * b[k] if a[k].is_floating_point() else a[k] for k in a}
     expected = _loss_by_hand(model, blended, x, y, 16)
     assert default.evaluate(state, "test").loss == pytest.approx(expected, abs=1e-6)

@@ -39,8 +39,7 @@ def sweep(name: str, kinds: tuple[str, ...], batch_size: int = 4) -> dict[str, l
     paths = plan_paths(state_a, a, cumulative=["deep"], alphas="0,0.5,1", layer_alphas="0,0.5")
     out = {}
     for kind in kinds:
-        evaluator = build_evaluator(a, data, state_a, None, None, 0, batch_size, "cpu",
-                                    evaluator=kind)
+        evaluator = build_evaluator(a, data, state_a, splits=None, max_examples=None, seed=0, batch_size=batch_size, device="cpu", evaluator=kind)
         if kind == "incremental":
             assert evaluator.incremental == (name not in UNTRACEABLE)
         out[kind] = evaluate_paths(evaluator, state_a, state_b, paths, progress=False)
@@ -108,8 +107,7 @@ def _pair(cls: type[nn.Module]) -> tuple[nn.Module, dict, dict, dict]:
 def test_in_place_operations_do_not_corrupt_the_cache():
     model, a, b, data = _pair(Branchy)
     paths = plan_paths(a, model, cumulative=["deep"], layer_alphas="0.5,1")
-    found = {kind: evaluate_paths(build_evaluator(model, data, a, None, None, 0, 4, "cpu",
-                                                  evaluator=kind), a, b, paths, progress=False)
+    found = {kind: evaluate_paths(build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=4, device="cpu", evaluator=kind), a, b, paths, progress=False)
              for kind in ("plain", "incremental")}
     assert_same(found["incremental"], found["plain"])
 
@@ -134,11 +132,11 @@ def test_an_untraceable_model_falls_back_with_one_notice(caplog):
     model, a, b, data = _pair(Checky)
     paths = plan_paths(a, model, layer_alphas="0.5")
     with caplog.at_level(logging.INFO, logger="layerlmc"):
-        evaluator = build_evaluator(model, data, a, None, None, 0, 4, "cpu", evaluator="incremental")
+        evaluator = build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=4, device="cpu", evaluator="incremental")
         records = evaluate_paths(evaluator, a, b, paths, progress=False)
     notices = [r for r in caplog.records if "cannot be traced" in r.getMessage()]
     assert len(notices) == 1 and not evaluator.incremental
-    plain = evaluate_paths(build_evaluator(model, data, a, None, None, 0, 4, "cpu"), a, b, paths,
+    plain = evaluate_paths(build_evaluator(model, data, a, splits=None, max_examples=None, seed=0, batch_size=4, device="cpu"), a, b, paths,
                            progress=False)
     assert_same(records, plain, rel=0)
 
@@ -152,8 +150,7 @@ def test_small_chunks_and_keep_base_give_the_same_records(monkeypatch):
     paths = plan_paths(state_a, a, cumulative=["shallow"], alphas="0,0.5,1")
     monkeypatch.setattr(lmc, "CHUNK_POINTS", 3)
     for bn in ("keep-base", "interpolate"):
-        found = {kind: evaluate_paths(build_evaluator(a, data, state_a, None, None, 0, 4, "cpu",
-                                                      bn=bn, evaluator=kind),
+        found = {kind: evaluate_paths(build_evaluator(a, data, state_a, splits=None, max_examples=None, seed=0, batch_size=4, device="cpu", bn=bn, evaluator=kind),
                                       state_a, state_b, paths, progress=False)
                  for kind in ("plain", "incremental")}
         assert_same(found["incremental"], found["plain"])
@@ -165,8 +162,7 @@ def test_recompute_takes_the_plain_path(caplog):
     a = built(name, 0, **extra)
     data = example_data(models.get(name), {**TEST_KWARGS.get(name, {}), **extra})
     with caplog.at_level(logging.INFO, logger="layerlmc"):
-        evaluator = build_evaluator(a, {**data, "train": data["test"]}, a.state_dict(), None, None,
-                                    0, 4, "cpu", bn="recompute", bn_batches=1, evaluator="incremental")
+        evaluator = build_evaluator(a, {**data, "train": data["test"]}, a.state_dict(), splits=None, max_examples=None, seed=0, batch_size=4, device="cpu", bn="recompute", bn_batches=1, evaluator="incremental")
     assert not evaluator.incremental
     assert any("--bn recompute" in r.getMessage() for r in caplog.records)
 

@@ -5,7 +5,8 @@ The public API::
     import layerlmc
     table = layerlmc.barriers(model, "a.safetensors", "b.safetensors", {"test": (x, y)})
 
-Analyses over training and beyond the a–b line: :func:`trajectory`, :func:`robustness`,
+What to evaluate and which paths travel as :class:`EvalOptions` and :class:`PathOptions`
+(or their fields as keywords). Analyses over training and beyond the a–b line: :func:`trajectory`, :func:`robustness`,
 :func:`subspace`; federated simulation: :func:`federate`, :func:`aggregate`, :func:`partition`;
 deep linear networks: :func:`deep_linear_study` and ``layerlmc.analyses.theory``.
 
@@ -16,7 +17,7 @@ The layers of the package, from the bottom up (docs/design.md): ``core`` → ``e
 from . import hf as _hf  # noqa: F401  (registers the Hugging Face folder loader)
 from ._compat import install as _install_compat
 from ._version import __version__  # noqa: F401
-from .analyses.pairwise import evaluate_paths, plan_paths
+from .analyses.pairwise import evaluate_paths
 from .api import barriers, deep_linear_study, federate, robustness, subspace, trajectory
 from .core.averaging import aggregate
 from .core.barriers import compute_barriers, summary_table
@@ -31,21 +32,25 @@ from .core.paths import (
     interpolate,
     parse_alphas,
 )
+from .core.plan import PathOptions, plan_paths
 from .core.records import RunDir
 from .data.partition import partition
 from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics
+from .evaluate.options import EvalOptions
 from .train import train_runs
 
 # old module paths (``layerlmc.lmc``, ``layerlmc.results``, ...) keep working for one release
 _install_compat()
 
 __all__ = [
+    "EvalOptions",
     "Evaluator",
     "LayerGroup",
     "LayerLMCError",
     "Metrics",
     "Path",
+    "PathOptions",
     "Point",
     "RunDir",
     "aggregate",

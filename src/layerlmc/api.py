@@ -31,13 +31,15 @@ Draw = Callable[[object, Path, Mapping[str, object]], object]
 
 def with_figures(analysis: Callable, draw: Draw) -> Callable:
     """``analysis`` with a keyword ``plots``: after it returns, ``draw(result, out, arguments)``
-    draws the figures of its run folder ``out`` (when it has one)."""
+    draws the figures of its run folder ``out`` (when it has one); ``arguments`` are the
+    analysis's, with its option objects resolved (:func:`~layerlmc.core.options.flat_options`)."""
     signature = inspect.signature(analysis)
+    resolve = getattr(analysis, "resolve", None) or signature.bind
 
     @functools.wraps(analysis)
     def study(*args, plots: bool = True, **kwargs):
         result = analysis(*args, **kwargs)
-        arguments = signature.bind(*args, **kwargs)
+        arguments = resolve(*args, **kwargs)
         arguments.apply_defaults()
         out = arguments.arguments.get("out")
         if plots and out is not None:
@@ -47,12 +49,10 @@ def with_figures(analysis: Callable, draw: Draw) -> Callable:
         return result
 
     plots = inspect.Parameter("plots", inspect.Parameter.KEYWORD_ONLY, default=True)
-    study.__signature__ = signature.replace(parameters=[*signature.parameters.values(), plots])
+    parameters = list(signature.parameters.values())
+    where = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
+    study.__signature__ = signature.replace(parameters=[*parameters[:where], plots, *parameters[where:]])
     return study
-
-
-def _first(values) -> str:
-    return pairwise.as_list(values)[0]
 
 
 def _draw_barriers(table: pd.DataFrame, out: Path, arguments: Mapping) -> None:
@@ -66,8 +66,8 @@ def _draw_trajectory(result: tuple[pd.DataFrame, pd.DataFrame], out: Path, argum
     from .plots.trajectory import plot_trajectory
 
     table, distances = result
-    plot_trajectory(table, distances, out / "figures", _first(arguments["definitions"]),
-                    _first(arguments["references"]))
+    paths = arguments["paths"]
+    plot_trajectory(table, distances, out / "figures", paths.definition, paths.reference)
 
 
 def _draw_robustness(table: pd.DataFrame, out: Path, arguments: Mapping) -> None:

@@ -11,7 +11,7 @@ the clients' metrics:
 The weights w_k are those of the average (the run's aggregation weights over all K clients),
 so two equally weighted clients give the midpoint barrier.
 
-Records go to ``points.jsonl`` like every analysis (DESIGN.md §4), with ``base`` naming the
+Records go to ``points.jsonl`` like every analysis (docs/design.md §5), with ``base`` naming the
 client whose other tensors a point uses (``kind=endpoint``: the client itself; ``kind=group``:
 the client with group g averaged) and ``base`` null for the full average; ``alpha`` is null
 (no point lies on a line). The table ``multimodel.csv`` has the columns of ``barriers.csv`` plus
@@ -36,8 +36,9 @@ from ..core.records import SCHEMA, RunDir, point_key
 from ..core.runs import AVERAGE, round_checkpoint
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator
+from ..evaluate.options import EvalOptions, build_evaluator
 from ..specs import build_data, build_model
-from .pairwise import analysis_inputs, build_evaluator
+from .pairwise import analysis_inputs
 
 log = logging.getLogger("layerlmc")
 COLUMNS = ("step", "unit", "kind", "group", "group_index", "base", "order", "split", "metric",
@@ -169,12 +170,13 @@ def analyse_federated_run(
     data = build_data(config.data.name, config.data.args)
     splits = [config.data.train_split, config.data.test_split]
     first = load_state_dict(round_checkpoint(folder, names[0], rounds[0]))
-    evaluator = build_evaluator(model, data, first, splits, max_examples, 0, config.eval_batch_size,
-                                device or config.device)
+    evaluation = EvalOptions(splits=splits, max_examples=max_examples, seed=0,
+                             batch_size=config.eval_batch_size, device=device or config.device)
+    evaluator = build_evaluator(model, data, first, evaluation=evaluation)
     groups = layer_groups(first, config.aggregate.groups, tied=tied_keys(model))
     groups = [g for g in groups if any(first[k].is_floating_point() for k in g.keys)]
     run = RunDir(folder / "multimodel")
-    run.claim(analysis_inputs(model, data, max_examples, 0, config.aggregate.groups, ()),
+    run.claim(analysis_inputs(model, data, evaluation, config.aggregate.groups, ()),
               {"federated run": str(folder), "rounds": list(rounds), "max_examples": max_examples}, str(evaluator.device))
     records: list[dict] = []
     with run.status_on_error():

@@ -13,94 +13,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core.barriers import check_choices, compute_barriers, needed_alphas
+from ..core.barriers import compute_barriers
 from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
-from ..core.groups import layer_groups, select_groups, tied_keys
+from ..core.options import flat_options
 from ..core.paths import (
     Path,
     Point,
-    cumulative_paths,
-    full_path,
-    group_paths,
     interpolate,
-    parse_alphas,
 )
+from ..core.plan import PathOptions, plan_paths
 from ..core.records import SCHEMA, RunDir, point_key, short_hash
 from ..evaluate import (
     Evaluator,
-    EvaluatorSpec,
     Job,
     Metrics,
-    check_precision,
-    prepare_splits,
-    resolve_device,
-    statistics_batches,
 )
-from ..evaluate.auto import check_evaluator
-from ..evaluate.batchnorm import batchnorm_modules, check_policy
+from ..evaluate.batchnorm import batchnorm_modules
+from ..evaluate.options import EvalOptions, build_evaluator
 
 log = logging.getLogger("layerlmc")
-
-
-def plan_paths(
-    state: StateDict,
-    model: torch.nn.Module | None = None,
-    *,
-    groups: str = "module",
-    patterns: Sequence[str] = (),
-    layers: Sequence[str] | None = None,
-    layerwise: bool = True,
-    bases: Sequence[str] = ("a", "b"),
-    cumulative: Sequence[str] = (),
-    alphas: str | Sequence[float] = "0:1:11",
-    layer_alphas: str | Sequence[float] | None = None,
-    definitions: Sequence[str] = ("midpoint",),
-    references: Sequence[str] = ("models",),
-    seed: int = 0,
-    extrapolate: bool = False,
-) -> list[Path]:
-    """The paths a barrier study needs, each with only the α values some output uses.
-
-    The full path gets the ``alphas`` grid (its curve is plotted); group and cumulative paths
-    get ``layer_alphas`` (default: only what the barrier definitions need, i.e. α=½ for
-    ``midpoint``; the ``alphas`` grid for ``max``) plus α=0 and 1 for the ``path`` reference.
-    """
-    definitions, references = as_list(definitions), as_list(references)
-    bases, layers = as_list(bases), as_list(layers) or None
-    cumulative = list(dict.fromkeys([cumulative] if isinstance(cumulative, str) else cumulative))
-    check_choices(definitions, references)
-    tied = tied_keys(model) if model is not None else ()
-    # a group of integer tensors only (e.g. num_batches_tracked under --groups param) never moves
-    group_list = [
-        g for g in layer_groups(state, groups, patterns, tied=tied)
-        if any(state[k].is_floating_point() for k in g.keys)
-    ]
-    float_keys = [k for k, v in state.items() if v.is_floating_point()]
-    full_grid = parse_alphas(alphas, extrapolate)
-    paths = [full_path(float_keys, _with_needed(full_grid, definitions, references))]
-    if layer_alphas is not None:
-        layer_grid = parse_alphas(layer_alphas, extrapolate)
-    else:
-        layer_grid = full_grid if "max" in definitions else ()
-    layer_grid = _with_needed(layer_grid, definitions, references)
-    if layerwise:
-        paths += group_paths(select_groups(group_list, layers), bases, layer_grid)
-    for order in cumulative:
-        paths += cumulative_paths(group_list, order, bases, layer_grid, seed=seed)
-    return paths
-
-
-def as_list(values: str | Sequence[str] | None) -> list[str]:
-    """Options given as a comma-separated string or a sequence, without repeats, in order."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        values = values.split(",")
-    return list(dict.fromkeys(v.strip() for v in values if v and v.strip()))
-
-
-def _with_needed(grid, definitions, references) -> tuple[float, ...]:
-    return tuple(sorted(set(grid) | needed_alphas(definitions, references, grid)))
 
 
 def endpoint_paths() -> list[Path]:
@@ -123,7 +54,7 @@ def evaluate_paths(
     progress: bool | None = None,
     stored: Iterable[Mapping] = (),
 ) -> list[dict]:
-    """Point records (DESIGN.md §4) for the endpoints and every point of ``paths``.
+    """Point records (docs/design.md §5) for the endpoints and every point of ``paths``.
 
     Each distinct network state is evaluated once per split of ``evaluator``: points equal
     to an endpoint (e.g. a group path at α=0 with base ``a``) or to each other (the first
@@ -301,45 +232,8 @@ def _record(point: Point, split: str, step, unit, metrics: Metrics | None = None
     return record
 
 
-def build_evaluator(
-    model: torch.nn.Module, data: Mapping[str, object], state: StateDict, splits: Sequence[str] | None,
-    max_examples: int | None, seed: int, batch_size: int, device: str, *,
-    bn: str = "interpolate", bn_batches: int = 10, bn_batch_size: int | None = None,
-    bn_split: str = "train", evaluator: str = "plain", precision: str = "fp32",
-) -> Evaluator:
-    """Splits loaded once onto the device, and the labels checked against the model's outputs at
-    ``state`` before anything is written.
-
-    ``bn`` is the BatchNorm policy (:data:`~layerlmc.evaluate.BN_POLICIES`); under
-    ``recompute`` the statistics of every state come from ``bn_batches`` batches of
-    ``bn_batch_size`` (default ``batch_size``) examples of split ``bn_split``, seeded by
-    ``seed`` (:func:`~layerlmc.evaluate.statistics_batches`).
-
-    ``evaluator`` picks how states are evaluated (:data:`~layerlmc.evaluate.EVALUATORS`;
-    docs/evaluators.md): ``plain``, ``incremental``, ``vmap`` or ``auto``; all give the same
-    numbers. ``precision`` (``fp32``, ``bf16``, ``fp16``) is the autocast dtype of every
-    forward pass (``fp32``: none); it changes the numbers.
-    """
-    check_policy(bn)
-    check_evaluator(evaluator)
-    check_precision(precision)
-    target = resolve_device(device)
-    prepared = prepare_splits(data, as_list(splits) or None, max_examples, seed, target)
-    batches: list[torch.Tensor] = []
-    size = bn_batch_size or batch_size
-    if bn == "recompute" and batchnorm_modules(model):
-        batches = statistics_batches(data, bn_split, bn_batches, size, seed, target)
-    source = f"split '{bn_split}' (seed {seed})"
-    spec = EvaluatorSpec(evaluator, model.to(target), prepared, batch_size, bn, batches, source,
-                         precision)
-    chosen = spec.build()
-    chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
-    chosen.check({k: v.to(target) for k, v in state.items()})
-    return chosen
-
-
 def analysis_inputs(
-    model: torch.nn.Module, data: Mapping[str, object], max_examples: int | None, seed: int,
+    model: torch.nn.Module, data: Mapping[str, object], evaluation: EvalOptions,
     groups: str, patterns: Sequence[str], batchnorm: str | None = None, precision: str = "fp32",
 ) -> dict[str, str]:
     """What every stored number depends on besides the checkpoints; other options only add or
@@ -355,41 +249,23 @@ def analysis_inputs(
     return {
         "model": short_hash(repr(model)),
         "data": data_digest(data),
-        "example subset": f"{max_examples} examples, seed {seed}" if max_examples else "all examples",
+        "example subset": (f"{evaluation.max_examples} examples, seed {evaluation.seed}"
+                           if evaluation.max_examples else "all examples"),
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
         "BatchNorm policy": batchnorm,
         "precision": precision,
     }
 
 
+@flat_options
 def barriers(
     model: torch.nn.Module,
     a: StateDict | str | FilePath,
     b: StateDict | str | FilePath,
     data: Mapping[str, object],
     *,
-    groups: str = "module",
-    patterns: Sequence[str] = (),
-    layers: Sequence[str] | None = None,
-    layerwise: bool = True,
-    bases: Sequence[str] = ("a", "b"),
-    cumulative: Sequence[str] = (),
-    alphas: str | Sequence[float] = "0:1:11",
-    layer_alphas: str | Sequence[float] | None = None,
-    definitions: Sequence[str] = ("midpoint",),
-    references: Sequence[str] = ("models",),
-    splits: Sequence[str] | None = None,
-    max_examples: int | None = None,
-    batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
-    extrapolate: bool = False,
-    bn: str = "interpolate",
-    bn_batches: int = 10,
-    bn_batch_size: int | None = None,
-    bn_split: str = "train",
-    evaluator: str = "plain",
-    precision: str = "fp32",
+    paths: PathOptions = PathOptions(),
+    evaluation: EvalOptions = EvalOptions(),
     out: str | FilePath | None = None,
     progress: bool | None = None,
     config: Mapping | None = None,
@@ -398,9 +274,13 @@ def barriers(
 
     ``a`` and ``b`` are state dicts or checkpoint paths; ``data`` maps split names to
     ``(inputs, labels)`` tensors or torch Datasets. Returns one row per barrier with the
-    columns of ``barriers.csv`` (DESIGN.md §4): ``value`` is the barrier of ``metric``
+    columns of ``barriers.csv`` (docs/design.md §5): ``value`` is the barrier of ``metric``
     (``loss`` = mean cross-entropy per example, ``error`` = 1 − accuracy) under
     ``definition`` (``midpoint``/``max``) and ``reference`` (``models``/``path``).
+
+    ``paths`` (:class:`~layerlmc.core.plan.PathOptions`) says which paths and barriers,
+    ``evaluation`` (:class:`~layerlmc.evaluate.options.EvalOptions`) on what and how; each of
+    their fields may also be given as a keyword of its own (``max_examples=1000``).
 
     ``bn`` says what the running statistics of BatchNorm layers are at each evaluated state
     (docs/batchnorm.md): ``interpolate`` (blended with the weights), ``recompute`` (estimated
@@ -409,7 +289,7 @@ def barriers(
     on the full path). The policy applies to the endpoints too.
 
     With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl``,
-    ``barriers.csv`` and ``figures/``; calling again with the same ``out`` evaluates only
+    ``barriers.csv`` (and ``figures/``, which :func:`layerlmc.barriers` draws); calling again with the same ``out`` evaluates only
     points that are not stored yet. A folder computed with another BatchNorm policy is refused.
 
     ``evaluator`` (``plain``, ``incremental``, ``vmap``, ``auto``; docs/evaluators.md) changes
@@ -424,34 +304,32 @@ def barriers(
     check_pair(state_a, state_b, expected)
     # groups follow the model's order, whatever order the files stored (safetensors sorts keys)
     state_a, state_b = reorder_like(state_a, expected), reorder_like(state_b, expected)
-    paths = plan_paths(
-        state_a, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise,
-        bases=bases, cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas,
-        definitions=definitions, references=references, seed=seed, extrapolate=extrapolate,
-    )
-    chosen = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size, device,
-                             bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                             bn_split=bn_split, evaluator=evaluator, precision=precision)
+    planned = plan_paths(state_a, model, paths=paths)
+    chosen = build_evaluator(model, data, state_a, evaluation=evaluation)
     run = None
     if out is not None:
         run = RunDir(out)
         inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-                  **analysis_inputs(model, data, max_examples, seed, groups, patterns,
+                  **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
                                     chosen.bn_summary, chosen.precision)}
         settings = dict(config) if config is not None else {
-            "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
-            "layerwise": layerwise, "bases": list(bases), "cumulative": list(cumulative),
-            "alphas": str(alphas), "layer_alphas": None if layer_alphas is None else str(layer_alphas),
-            "definitions": list(definitions), "references": list(references),
-            "splits": list(splits or []), "max_examples": max_examples, "batch_size": batch_size,
-            "device": device, "seed": seed, "extrapolate": extrapolate, "bn": bn,
-            "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-            "evaluator": evaluator, "precision": precision,
+            "groups": paths.groups, "patterns": list(paths.patterns),
+            "layers": list(paths.layers or []), "layerwise": paths.layerwise,
+            "bases": list(paths.bases), "cumulative": list(paths.cumulative),
+            "alphas": str(paths.alphas),
+            "layer_alphas": None if paths.layer_alphas is None else str(paths.layer_alphas),
+            "definitions": list(paths.definitions), "references": list(paths.references),
+            "splits": list(evaluation.splits or []), "max_examples": evaluation.max_examples,
+            "batch_size": evaluation.batch_size, "device": evaluation.device,
+            "seed": evaluation.seed, "extrapolate": paths.extrapolate, "bn": evaluation.bn,
+            "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
+            "bn_split": evaluation.bn_split, "evaluator": evaluation.evaluator,
+            "precision": evaluation.precision,
         }
         run.claim(inputs, settings, str(chosen.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():
-        records = evaluate_paths(chosen, state_a, state_b, paths, run=run, progress=progress)
-    table = compute_barriers(pd.DataFrame(records), definitions, references)
+        records = evaluate_paths(chosen, state_a, state_b, planned, run=run, progress=progress)
+    table = compute_barriers(pd.DataFrame(records), paths.definitions, paths.references)
     if run is not None:
         run.write_barriers(table)
         run.finish("complete")

@@ -32,20 +32,16 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoints import StateDict, check_pair, reorder_like
 from ..core.groups import LayerGroup, layer_groups, select_groups, tied_keys
+from ..core.options import flat_options
 from ..core.paths import BASES, Path, group_paths, parse_alphas
+from ..core.plan import as_list
 from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Metrics
+from ..evaluate.options import EvalOptions, build_evaluator
 from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
-from .pairwise import (
-    _no_bar,
-    analysis_inputs,
-    as_list,
-    build_evaluator,
-    evaluate_paths,
-    state_digest,
-)
+from .pairwise import _no_bar, analysis_inputs, evaluate_paths, state_digest
 from .trajectory import _common_folder, _load, note_step_digests, select_steps
 
 log = logging.getLogger("layerlmc")
@@ -376,6 +372,7 @@ def robustness_summary(table: pd.DataFrame, at: float = 0.5, metric: str = "loss
     return summary.drop(columns="_split").reset_index(drop=True)
 
 
+@flat_options
 def robustness(
     model: torch.nn.Module,
     a: StateDict | str | FilePath | Mapping[int, str | FilePath],
@@ -395,17 +392,7 @@ def robustness(
     every: int | None = None,
     steps: Sequence[int] | None = None,
     allow_missing: bool = False,
-    splits: Sequence[str] | None = None,
-    max_examples: int | None = None,
-    batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
-    bn: str = "interpolate",
-    bn_batches: int = 10,
-    bn_batch_size: int | None = None,
-    bn_split: str = "train",
-    evaluator: str = "plain",
-    precision: str = "fp32",
+    evaluation: EvalOptions = EvalOptions(),
     executor: str | Executor = "local",
     address: str | None = None,
     progress: bool | None = None,
@@ -418,8 +405,10 @@ def robustness(
     common step is analysed, or every ``every``-th (the last always), or exactly ``steps``.
     ``alphas`` is the grid of step fractions t (0 = the base, 1 = a full step; 0 is always
     added: it costs nothing); ``samples`` random directions are drawn per step, group and
-    base, seeded by ``seed``. ``at`` is the fraction the heatmaps show. ``bn`` is the
-    BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
+    base, seeded by ``evaluation.seed`` (``seed``). ``at`` is the fraction the heatmaps show.
+    ``evaluation`` is an :class:`~layerlmc.evaluate.options.EvalOptions` (or its fields as
+    keywords): ``bn`` is the BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and
+    ``bn_split`` for
     ``recompute``, as in :func:`layerlmc.barriers`; under any policy but ``interpolate`` the
     running statistics are no part of a random direction (nor of its norm). ``evaluator`` and
     ``precision`` (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``) are
@@ -466,9 +455,8 @@ def robustness(
     check_pair(first_a, first_b, expected)
     group_list = robustness_groups(first_a, model, groups=groups, patterns=patterns,
                                    layers=layers, per_tensor=per_tensor)
-    evaluator = build_evaluator(model, data, first_a, splits, max_examples, seed, batch_size,
-                                device, bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split, evaluator=evaluator, precision=precision)
+    evaluator = build_evaluator(model, data, first_a, evaluation=evaluation)
+    seed = evaluation.seed
     aliases = {k for tie in tied_keys(model) for k in tie[1:]}
     # a tied alias is not passed to the model, so it takes no part in the norm or the step;
     # nor do running statistics the policy recomputes, ignores or keeps at the base, so that
@@ -483,7 +471,7 @@ def robustness(
         run = RunDir(out) if out is not None else None
         previous = run.read_run() if run is not None else None
         if run is not None:
-            inputs = analysis_inputs(model, data, max_examples, seed, scheme, scheme_patterns,
+            inputs = analysis_inputs(model, data, evaluation, scheme, scheme_patterns,
                                      evaluator.bn_summary, evaluator.precision)
             # the stored directions depend on the seed, which no point key records
             inputs["direction seed"] = str(seed)
@@ -497,9 +485,11 @@ def robustness(
                 "samples": samples, "alphas": _grid(fractions), "at": at, "bases": bases,
                 "groups": groups, "patterns": list(patterns), "layers": as_list(layers),
                 "per_tensor": per_tensor, "unit": step_unit,
-                "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(splits),
-                "max_examples": max_examples, "batch_size": batch_size, "device": device, "seed": seed,
-                "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
+                "steps": [p[0] for p in pairs] if step_unit else None, "splits": as_list(evaluation.splits),
+                "max_examples": evaluation.max_examples, "batch_size": evaluation.batch_size,
+                "device": evaluation.device, "seed": seed, "bn": evaluation.bn,
+                "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
+                "bn_split": evaluation.bn_split,
                 "evaluator": evaluator.kind, "precision": evaluator.precision,
             }
             run.claim(inputs, settings, str(evaluator.device))

@@ -18,6 +18,7 @@ statistics) stay those of the perturbed network.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -33,10 +34,13 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..core.groups import layer_groups, select_groups, tied_keys
+from ..core.options import flat_options
+from ..core.plan import as_list
 from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError, unknown
 from ..evaluate import Evaluator, Metrics
-from .pairwise import analysis_inputs, as_list, build_evaluator, state_digest
+from ..evaluate.options import EvalOptions, build_evaluator
+from .pairwise import analysis_inputs, state_digest
 
 log = logging.getLogger("layerlmc")
 
@@ -200,6 +204,7 @@ class Target:
         return int(self.rows.numel())
 
 
+@flat_options
 def subspace(
     model: torch.nn.Module,
     a: Source,
@@ -221,12 +226,7 @@ def subspace(
     layers: Sequence[str] | None = None,
     coefficients: str = "uniform",
     renormalise: bool = False,
-    splits: Sequence[str] | None = None,
-    max_examples: int | None = None,
-    batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
-    precision: str = "fp32",
+    evaluation: EvalOptions = EvalOptions(),
     max_memory: int = DEFAULT_MAX_MEMORY,
     step: int | None = None,
     unit: str | None = None,
@@ -276,6 +276,10 @@ def subspace(
         raise LayerLMCError("span 'trajectory' needs the snapshots (checkpoints) of both runs")
     if span == "final" and snapshots:
         raise LayerLMCError("snapshots are only used with span 'trajectory'")
+    if (evaluation.bn, evaluation.evaluator) != ("interpolate", "plain"):
+        raise LayerLMCError("subspace evaluates with the plain evaluator and interpolated "
+                            "BatchNorm statistics; leave bn and evaluator at their defaults")
+    seed = evaluation.seed
     full_sigmas = parse_sigmas(sigmas, spacing, seed)
     group_sigmas = (full_sigmas if layer_sigmas is None
                     else parse_sigmas(layer_sigmas, spacing, seed + 1))
@@ -284,10 +288,9 @@ def subspace(
     state_a = _load(a, expected)
     state_b = _load(b, expected)
     check_pair(state_a, state_b, expected)
-    if splits is None:
-        splits = ["test"] if "test" in data else None
-    evaluator = build_evaluator(model, data, state_a, splits, max_examples, seed, batch_size,
-                                device, precision=precision)
+    if evaluation.splits is None:
+        evaluation = dataclasses.replace(evaluation, splits=["test"] if "test" in data else None)
+    evaluator = build_evaluator(model, data, state_a, evaluation=evaluation)
     target_device = evaluator.device
     state_a = {k: v.to(target_device) for k, v in state_a.items()}
     state_b = {k: v.to(target_device) for k, v in state_b.items()}
@@ -313,7 +316,7 @@ def subspace(
         run = RunDir(out)
         inputs = {
             "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-            **analysis_inputs(model, data, max_examples, seed, groups, patterns,
+            **analysis_inputs(model, data, evaluation, groups, patterns,
                               precision=evaluator.precision),
             "span": "final" if span == "final"
                     else f"trajectory of {len(sources)} snapshots {_sources_digest(snapshots)}",
@@ -326,8 +329,9 @@ def subspace(
             "spacing": spacing, "samples": samples, "full": full, "per_layer": per_layer,
             "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
             "coefficients": coefficients, "renormalise": renormalise,
-            "splits": list(evaluator.splits), "max_examples": max_examples,
-            "batch_size": batch_size, "device": device, "seed": seed, "precision": precision,
+            "splits": list(evaluator.splits), "max_examples": evaluation.max_examples,
+            "batch_size": evaluation.batch_size, "device": evaluation.device, "seed": seed,
+            "precision": evaluation.precision,
             "max_memory": max_memory,
             "step": step, "unit": unit, "snapshots": len(snapshots or []),
         }

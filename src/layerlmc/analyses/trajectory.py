@@ -14,17 +14,14 @@ import torch
 from ..core.barriers import compute_barriers
 from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
 from ..core.groups import LayerGroup, layer_groups, tied_keys
+from ..core.options import flat_options
+from ..core.plan import PathOptions, plan_paths
 from ..core.records import RunDir
 from ..errors import LayerLMCError
+from ..evaluate.options import EvalOptions, build_evaluator
 from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
-from .pairwise import (
-    analysis_inputs,
-    build_evaluator,
-    evaluate_paths,
-    plan_paths,
-    state_digest,
-)
+from .pairwise import analysis_inputs, evaluate_paths, state_digest
 
 log = logging.getLogger("layerlmc")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -108,6 +105,7 @@ def layer_distances(
     return rows
 
 
+@flat_options
 def trajectory(
     model: torch.nn.Module,
     a_checkpoints: Mapping[int, str | Path],
@@ -119,27 +117,8 @@ def trajectory(
     every: int = 1,
     steps: Sequence[int] | None = None,
     allow_missing: bool = False,
-    groups: str = "module",
-    patterns: Sequence[str] = (),
-    layers: Sequence[str] | None = None,
-    layerwise: bool = True,
-    bases: Sequence[str] = ("a", "b"),
-    cumulative: Sequence[str] = (),
-    alphas: str | Sequence[float] = "0,0.5,1",
-    layer_alphas: str | Sequence[float] | None = None,
-    definitions: Sequence[str] = ("midpoint",),
-    references: Sequence[str] = ("models",),
-    splits: Sequence[str] | None = None,
-    max_examples: int | None = None,
-    batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
-    bn: str = "interpolate",
-    bn_batches: int = 10,
-    bn_batch_size: int | None = None,
-    bn_split: str = "train",
-    evaluator: str = "plain",
-    precision: str = "fp32",
+    paths: PathOptions = PathOptions(alphas="0,0.5,1"),
+    evaluation: EvalOptions = EvalOptions(),
     executor: str | Executor = "local",
     address: str | None = None,
     progress: bool | None = None,
@@ -147,10 +126,10 @@ def trajectory(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Full, single-group and cumulative barriers of the pair at every selected step, and the
     per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
-    ``barriers.csv``, ``distances.csv``, ``figures/``). A rerun evaluates only missing cells.
-    ``bn`` is the BatchNorm policy, with ``bn_batches``, ``bn_batch_size`` and ``bn_split`` for
-    ``recompute``, as in :func:`layerlmc.barriers`, and so are ``evaluator`` and ``precision``
-    (the autocast dtype of the forward passes: ``fp32``, ``bf16``, ``fp16``). ``executor``
+    ``barriers.csv``, ``distances.csv``; :func:`layerlmc.trajectory` also draws ``figures/``).
+    A rerun evaluates only missing cells. ``paths`` and ``evaluation`` (or their fields as
+    keywords) are those of :func:`layerlmc.barriers`; the full path's grid defaults to
+    α = 0, ½, 1 here. ``executor``
     (``local``, ``ray`` with the cluster's ``address``, or an
     :class:`~layerlmc.analyses.executors.Executor`) runs the (step, path) cells: the records are the
     same. Returns ``(barriers, distances)``."""
@@ -160,9 +139,7 @@ def trajectory(
     a_init = _load(a_checkpoints[init_step], expected)
     b_init = _load(b_checkpoints[init_step], expected)
     check_pair(a_init, b_init, expected)
-    evaluator = build_evaluator(model, data, a_init, splits, max_examples, seed, batch_size, device,
-                                bn=bn, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
-                                bn_split=bn_split, evaluator=evaluator, precision=precision)
+    evaluator = build_evaluator(model, data, a_init, evaluation=evaluation)
     if init_step != 0:
         log.info("no step-0 checkpoints: distances to initialization use step %d", init_step)
     # the cluster is reached (or refused) before the output folder is claimed
@@ -171,26 +148,24 @@ def trajectory(
         previous = run.read_run()
         inputs = {
             "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
-            **analysis_inputs(model, data, max_examples, seed, groups, patterns, evaluator.bn_summary,
-                              evaluator.precision),
+            **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
+                              evaluator.bn_summary, evaluator.precision),
         }
         settings = dict(config) if config is not None else {
-            "steps": chosen, "unit": unit, "groups": groups, "cumulative": list(cumulative),
-            "definitions": list(definitions), "references": list(references), "max_examples": max_examples,
-            "bn": bn, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_split": bn_split,
-            "evaluator": evaluator.kind, "precision": evaluator.precision,
+            "steps": chosen, "unit": unit, "groups": paths.groups, "cumulative": list(paths.cumulative),
+            "definitions": list(paths.definitions), "references": list(paths.references),
+            "max_examples": evaluation.max_examples, "bn": evaluation.bn,
+            "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
+            "bn_split": evaluation.bn_split, "evaluator": evaluator.kind,
+            "precision": evaluator.precision,
         }
         run.claim(inputs, settings, str(evaluator.device))
         # what each step's records were computed from: a checkpoint replaced later must not be
         # mixed with records of its predecessor
         step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
         run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
-        group_list = layer_groups(a_init, groups, patterns, tied=tied_keys(model))
-        paths = plan_paths(
-            a_init, model, groups=groups, patterns=patterns, layers=layers, layerwise=layerwise, bases=bases,
-            cumulative=cumulative, alphas=alphas, layer_alphas=layer_alphas, definitions=definitions,
-            references=references, seed=seed,
-        )
+        group_list = layer_groups(a_init, paths.groups, paths.patterns, tied=tied_keys(model))
+        planned = plan_paths(a_init, model, paths=paths)
         distances: list[dict] = []
 
         def pairs():
@@ -209,13 +184,13 @@ def trajectory(
         with run.status_on_error():
             if runner.name == "local":
                 for step, a, b in pairs():
-                    records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
-                                              progress=progress)
+                    records += evaluate_paths(evaluator, a, b, planned, run=run, step=step,
+                                              unit=unit, progress=progress)
             else:
-                cells = [PathWork((path,)) for path in paths]
+                cells = [PathWork((path,)) for path in planned]
                 records = evaluate_cells(runner, evaluator, pairs(), lambda step: cells, run=run,
                                          unit=unit, progress=progress)
-        table = compute_barriers(pd.DataFrame(records), definitions, references)
+        table = compute_barriers(pd.DataFrame(records), paths.definitions, paths.references)
         distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
         run.write_barriers(table)
         run.write_file("distances.csv", distance_table.to_csv(index=False))

@@ -9,16 +9,18 @@ from ..api import barriers
 from ..core.barriers import summary_table
 from ..core.checkpoints import check_pair, load_state_dict, reorder_like
 from ..core.groups import layer_groups, tied_keys
+from ..core.options import settings_of
 from ..core.records import RunDir
 from ..specs import build_data, build_model, parse_kwargs
 from .options import (
-    analysis_kwargs,
     data_options,
     eval_options,
     group_options,
     model_options,
     path_options,
     print_table,
+    study_evaluation,
+    study_paths,
 )
 
 
@@ -52,14 +54,16 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
         model_spec = f"hf:{checkpoint_a}"
     model_kwargs = parse_kwargs(model_args, "--model-arg")
     data_kwargs = parse_kwargs(data_args, "--data-arg")
-    kwargs = analysis_kwargs(options)
+    paths, evaluation = study_paths(options, extrapolate=extrapolate), study_evaluation(options)
     config = {"a": str(checkpoint_a), "b": str(checkpoint_b), "model": model_spec, "model_args": model_kwargs,
-              "data": data_spec, "data_args": data_kwargs, **kwargs, "extrapolate": extrapolate}
+              "data": data_spec, "data_args": data_kwargs, **settings_of(paths, evaluation),
+              "plots": options["plots"]}
     model = build_model(model_spec, model_kwargs)
     a, b = load_state_dict(checkpoint_a), load_state_dict(checkpoint_b)
     data = build_data(data_spec, data_kwargs)
-    table = barriers(model, a, b, data, extrapolate=extrapolate, out=out, config=config, **kwargs)
-    report(table, out, kwargs["definitions"], kwargs["references"], kwargs["plots"])
+    table = barriers(model, a, b, data, paths=paths, evaluation=evaluation, out=out, config=config,
+                     plots=options["plots"])
+    report(table, out, paths.definitions, paths.references, options["plots"])
 
 
 def report(table: pd.DataFrame, out: Path, definitions, references, plots: bool = True) -> None:

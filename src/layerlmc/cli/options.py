@@ -13,9 +13,11 @@ import pandas as pd
 import yaml
 
 from ..core.groups import SCHEMES
+from ..core.plan import PathOptions
 from ..errors import LayerLMCError
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
+from ..evaluate.options import EvalOptions
 from ..evaluate.plain import PRECISIONS
 from ..specs import parse_kwargs
 
@@ -271,26 +273,28 @@ def resolve_source(
     return Source(a, b, model_spec, model_kwargs, data_spec, data_kwargs, Path(out), chosen_steps)
 
 
-def analysis_kwargs(options: dict) -> dict:
-    """Library keyword arguments (``layerlmc.barriers``, ``trajectory``) from parsed options."""
-    return {
-        "groups": options["scheme"], "patterns": list(options["patterns"]),
-        "layers": split_list(options["layers"]) or None, "layerwise": options["layerwise"],
-        "bases": split_list(options["bases"]), "cumulative": list(dict.fromkeys(options["cumulative"])),
-        "alphas": options["alphas"], "layer_alphas": options["layer_alphas"],
-        "definitions": split_list(options["definitions"]), "references": split_list(options["references"]),
-        "splits": split_list(options["splits"]) or None, "max_examples": options["max_examples"],
-        "batch_size": options["batch_size"], "device": options["device"], "seed": options["seed"],
-        **bn_kwargs(options), "evaluator": options["evaluator"],
-        "precision": options["precision"], "plots": options["plots"],
-    }
+def study_paths(options: dict, **fields) -> PathOptions:
+    """The paths of a study from the parsed options of :func:`path_options` (and ``--seed``);
+    ``fields`` are options a command adds (``extrapolate``)."""
+    return PathOptions(
+        groups=options["scheme"], patterns=list(options["patterns"]),
+        layers=split_list(options["layers"]) or None, layerwise=options["layerwise"],
+        bases=split_list(options["bases"]), cumulative=list(dict.fromkeys(options["cumulative"])),
+        alphas=options["alphas"], layer_alphas=options["layer_alphas"],
+        definitions=split_list(options["definitions"]),
+        references=split_list(options["references"]), seed=options["seed"], **fields,
+    )
 
 
-def bn_kwargs(options: dict) -> dict:
-    """The BatchNorm policy's library keyword arguments from the options of
-    :func:`eval_options`."""
-    return {"bn": options["bn"], "bn_batches": options["bn_batches"],
-            "bn_batch_size": options["bn_batch_size"], "bn_split": options["bn_split"]}
+def study_evaluation(options: dict) -> EvalOptions:
+    """How a study evaluates, from the parsed options of :func:`eval_options`."""
+    return EvalOptions(
+        splits=split_list(options["splits"]) or None, max_examples=options["max_examples"],
+        batch_size=options["batch_size"], device=options["device"], seed=options["seed"],
+        bn=options["bn"], bn_batches=options["bn_batches"], bn_batch_size=options["bn_batch_size"],
+        bn_split=options["bn_split"], evaluator=options["evaluator"],
+        precision=options["precision"],
+    )
 
 
 def print_table(table: pd.DataFrame, title: str) -> None:
@@ -307,7 +311,7 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         click.echo("! marks a non-finite value (the loss diverged at that point)")
 
 
-__all__ = ["Source", "analysis_kwargs", "bn_kwargs", "data_options", "eval_options", "group_options",
+__all__ = ["Source", "data_options", "eval_options", "group_options",
            "is_training_run", "model_options", "parse_kwargs", "path_options", "precision_option",
            "print_table",
-           "resolve_source", "source_options", "split_list"]
+           "resolve_source", "source_options", "split_list", "study_evaluation", "study_paths"]

@@ -8,15 +8,16 @@ import pandas as pd
 
 from ..analyses.robustness import robustness_summary
 from ..api import robustness
+from ..core.options import settings_of
 from ..specs import build_data, build_model
 from .options import (
-    bn_kwargs,
     eval_options,
     executor_options,
     group_options,
     resolve_source,
     source_options,
     split_list,
+    study_evaluation,
 )
 
 
@@ -70,21 +71,19 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
     kwargs = {
         "samples": samples, "alphas": alphas, "at": at, "bases": split_list(bases),
         "groups": scheme, "patterns": list(patterns), "layers": split_list(layers) or None,
-        "per_tensor": per_tensor, "splits": split_list(options["splits"]) or None,
-        "max_examples": options["max_examples"], "batch_size": options["batch_size"],
-        "device": options["device"], "seed": options["seed"], **bn_kwargs(options),
-        "evaluator": options["evaluator"], "precision": options["precision"],
-        "plots": options["plots"],
+        "per_tensor": per_tensor,
     }
+    evaluation = study_evaluation(options)
     if not src.single_pair:
         kwargs.update(unit=unit, every=every, steps=src.steps, allow_missing=allow_missing)
     config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
               "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
-              "every": every, "steps": src.steps, "unit": unit, **kwargs}
+              "every": every, "steps": src.steps, "unit": unit, **kwargs,
+              **settings_of(evaluation), "plots": options["plots"]}
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
     table = robustness(model, src.a, src.b, data, src.out, config=config, executor=executor,
-                       address=address, **kwargs)
+                       address=address, evaluation=evaluation, plots=options["plots"], **kwargs)
     report_robustness(table, src.out, at, options["plots"])
 
 

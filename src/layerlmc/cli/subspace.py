@@ -20,6 +20,7 @@ from ..analyses.subspace import (
 )
 from ..api import subspace
 from ..errors import LayerLMCError
+from ..evaluate.options import EvalOptions
 from ..specs import build_data, build_model
 from .options import group_options, is_training_run, precision_option, resolve_source, split_list
 
@@ -133,8 +134,10 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
         directions=chosen_directions, sigmas=sigmas, layer_sigmas=layer_sigmas, spacing=spacing,
         samples=samples, full=full, per_layer=per_layer, groups=scheme, patterns=list(patterns),
         layers=split_list(layers) or None, coefficients=coefficients, renormalise=renormalise,
-        splits=chosen_splits, max_examples=max_examples, batch_size=batch_size, device=device,
-        seed=seed, precision=precision, max_memory=int(max_memory * 1024**3), step=step,
+        evaluation=EvalOptions(splits=chosen_splits, max_examples=max_examples,
+                               batch_size=batch_size, device=device, seed=seed,
+                               precision=precision),
+        max_memory=int(max_memory * 1024**3), step=step,
         unit=unit, plots=plots, config=config,
     )
     report_subspace(table, Path(out), roles)

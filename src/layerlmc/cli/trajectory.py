@@ -7,17 +7,19 @@ import pandas as pd
 
 from ..api import trajectory
 from ..core.barriers import compute_barriers, trajectory_summary
+from ..core.options import settings_of
 from ..core.records import RunDir
 from ..errors import LayerLMCError
 from ..specs import build_data, build_model
 from .options import (
-    analysis_kwargs,
     eval_options,
     executor_options,
     path_options,
     print_table,
     resolve_source,
     source_options,
+    study_evaluation,
+    study_paths,
 )
 
 
@@ -44,16 +46,18 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
     src = resolve_source(source, source_b, pair, model_spec, model_args, data_spec, data_args,
                          out, steps, default_out="analysis")
     unit = unit or src.unit
-    kwargs = analysis_kwargs(options)
+    paths, evaluation = study_paths(options), study_evaluation(options)
     config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
               "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
-              "every": every, "steps": src.steps, "unit": unit, **kwargs}
+              "every": every, "steps": src.steps, "unit": unit, **settings_of(paths, evaluation),
+              "plots": options["plots"]}
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
     table, _ = trajectory(model, src.a, src.b, data, src.out, unit=unit, every=every,
                           steps=src.steps, allow_missing=allow_missing, config=config,
-                          executor=executor, address=address, **kwargs)
-    report_trajectory(table, src.out, kwargs["definitions"][0], kwargs["references"][0])
+                          executor=executor, address=address, paths=paths,
+                          evaluation=evaluation, plots=options["plots"])
+    report_trajectory(table, src.out, paths.definition, paths.reference)
 
 
 def report_trajectory(table: pd.DataFrame, out: Path, definition: str, reference: str) -> None:

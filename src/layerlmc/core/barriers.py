@@ -1,4 +1,4 @@
-"""Barriers as pure functions of point records (DESIGN.md §1).
+"""Barriers as pure functions of point records (docs/design.md §3).
 
 For a path θ(α) and a metric M (``loss`` or ``error`` = 1 − accuracy):
 
@@ -74,7 +74,7 @@ def compute_barriers(
 ) -> pd.DataFrame:
     """Barrier rows (``barriers.csv`` columns) for every path in ``points``.
 
-    ``points`` holds the point records of DESIGN.md §4, including the ``endpoint`` records of
+    ``points`` holds the point records of docs/design.md §5, including the ``endpoint`` records of
     ``a`` and ``b`` for each step and split.
     """
     definitions, references = list(dict.fromkeys(definitions)), list(dict.fromkeys(references))

@@ -1,6 +1,6 @@
 """Layer groups: which state-dict keys are interpolated together, and in what order.
 
-Schemes (DESIGN.md §1):
+Schemes (docs/design.md §3):
 
 - ``module`` (default): drop the last dotted component (``layer1.0.conv1.weight`` →
   ``layer1.0.conv1``), so weights, biases and buffers of one module travel together; the paper's

@@ -1,4 +1,4 @@
-"""Run directories: the results contract of DESIGN.md §4 (schema in docs/results.md)."""
+"""Run directories: the results contract of docs/design.md §5 (schema in docs/results.md)."""
 
 from __future__ import annotations
 

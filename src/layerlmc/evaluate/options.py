@@ -1,0 +1,72 @@
+"""How a study evaluates each network state: :class:`EvalOptions` and :func:`build_evaluator`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..core.checkpoints import StateDict
+from ..core.options import flat_options
+from ..core.plan import as_list
+from .auto import EvaluatorSpec, check_evaluator
+from .batchnorm import batchnorm_modules, check_policy
+from .data import prepare_splits, resolve_device, statistics_batches
+from .plain import Evaluator, check_precision
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What each state is evaluated on, where and how; every analysis takes one.
+
+    ``splits`` (default: all the data has), ``max_examples`` (a fixed subset of each split,
+    seeded by ``seed``), ``batch_size``, ``device`` (``auto``, ``cpu``, ``cuda[:N]``);
+    ``bn``: the BatchNorm policy (:data:`~layerlmc.evaluate.BN_POLICIES`), with
+    ``bn_batches`` batches of ``bn_batch_size`` (default ``batch_size``) examples of
+    ``bn_split`` for ``recompute``; ``evaluator``: ``plain``, ``incremental``, ``vmap`` or
+    ``auto`` (the same numbers, docs/evaluators.md); ``precision``: the autocast dtype of
+    every forward pass (``fp32``: none; ``bf16`` and ``fp16`` change the numbers).
+    """
+
+    splits: Sequence[str] | None = None
+    max_examples: int | None = None
+    batch_size: int = 1024
+    device: str = "auto"
+    seed: int = 0
+    bn: str = "interpolate"
+    bn_batches: int = 10
+    bn_batch_size: int | None = None
+    bn_split: str = "train"
+    evaluator: str = "plain"
+    precision: str = "fp32"
+
+
+@flat_options
+def build_evaluator(model: torch.nn.Module, data: Mapping[str, object], state: StateDict, *,
+                    evaluation: EvalOptions = EvalOptions()) -> Evaluator:
+    """Splits loaded once onto the device, and the labels checked against the model's outputs at
+    ``state`` before anything is written.
+
+    Under the ``recompute`` BatchNorm policy the statistics of every state come from
+    ``bn_batches`` batches of ``bn_split``, seeded by ``seed``
+    (:func:`~layerlmc.evaluate.statistics_batches`).
+    """
+    check_policy(evaluation.bn)
+    check_evaluator(evaluation.evaluator)
+    check_precision(evaluation.precision)
+    target = resolve_device(evaluation.device)
+    prepared = prepare_splits(data, as_list(evaluation.splits) or None, evaluation.max_examples,
+                              evaluation.seed, target)
+    batches: list[torch.Tensor] = []
+    size = evaluation.bn_batch_size or evaluation.batch_size
+    if evaluation.bn == "recompute" and batchnorm_modules(model):
+        batches = statistics_batches(data, evaluation.bn_split, evaluation.bn_batches, size,
+                                     evaluation.seed, target)
+    source = f"split '{evaluation.bn_split}' (seed {evaluation.seed})"
+    spec = EvaluatorSpec(evaluation.evaluator, model.to(target), prepared, evaluation.batch_size,
+                         evaluation.bn, batches, source, evaluation.precision)
+    chosen = spec.build()
+    chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
+    chosen.check({k: v.to(target) for k, v in state.items()})
+    return chosen
