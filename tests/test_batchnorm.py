@@ -12,13 +12,14 @@ import yaml
 from torch import nn
 
 from layerlmc import barriers
-from layerlmc.analyses.pairwise import build_evaluator, evaluate_paths
 from layerlmc.api import robustness, trajectory
 from layerlmc.cli.main import main
 from layerlmc.core.checkpoints import save_state_dict
 from layerlmc.core.paths import Path, Point, full_path, interpolate
 from layerlmc.errors import LayerLMCError
 from layerlmc.evaluate import BN_POLICIES, Evaluator, prepare_splits, statistics_batches
+from layerlmc.evaluate.options import build_evaluator
+from layerlmc.evaluate.points import evaluate_paths
 
 from .test_cli import _args, _fails
 

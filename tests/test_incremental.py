@@ -9,16 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from layerlmc.analyses import pairwise as lmc
-from layerlmc.analyses.pairwise import build_evaluator, evaluate_paths, plan_paths
 from layerlmc.cli.main import main
+from layerlmc.core.plan import plan_paths
 from layerlmc.evaluate import (
     IncrementalEvaluator,
     Job,
     VectorizedEvaluator,
     make_evaluator,
+    points,
     prepare_splits,
 )
+from layerlmc.evaluate.options import build_evaluator
+from layerlmc.evaluate.points import evaluate_paths
 from layerlmc.registry import models
 
 from .test_zoo import TEST_KWARGS, built, example_data, image_kwargs
@@ -148,7 +150,7 @@ def test_small_chunks_and_keep_base_give_the_same_records(monkeypatch):
     data = example_data(models.get(name), {**TEST_KWARGS.get(name, {}), **extra})
     state_a, state_b = a.state_dict(), b.state_dict()
     paths = plan_paths(state_a, a, cumulative=["shallow"], alphas="0,0.5,1")
-    monkeypatch.setattr(lmc, "CHUNK_POINTS", 3)
+    monkeypatch.setattr(points, "CHUNK_POINTS", 3)
     for bn in ("keep-base", "interpolate"):
         found = {kind: evaluate_paths(build_evaluator(a, data, state_a, splits=None, max_examples=None, seed=0, batch_size=4, device="cpu", bn=bn, evaluator=kind),
                                       state_a, state_b, paths, progress=False)

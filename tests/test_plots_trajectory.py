@@ -11,6 +11,7 @@ import pytest
 
 from layerlmc.core.records import BARRIER_COLUMNS
 from layerlmc.plots import trajectory as plots_trajectory
+from layerlmc.plots.common import file_name, group_file_name
 from layerlmc.plots.trajectory import plot_distances, plot_trajectory
 
 GROUPS = ["conv1", "block-0", "block-1", "fc"]
@@ -83,6 +84,7 @@ def _no_models(monkeypatch):
 
     import layerlmc.analyses.pairwise
     import layerlmc.core.checkpoints
+    import layerlmc.evaluate.points
 
     def refuse(*args, **kwargs):
         raise AssertionError("plots must be drawn from records only")
@@ -90,6 +92,7 @@ def _no_models(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(layerlmc.core.checkpoints, "load_state_dict", refuse)
     monkeypatch.setattr(layerlmc.analyses.pairwise, "evaluate_paths", refuse)
+    monkeypatch.setattr(layerlmc.evaluate.points, "evaluate_paths", refuse)
     yield
     plt.close("all")
 
@@ -192,5 +195,7 @@ def test_cell_decimals():
     assert plots_trajectory._decimals(np.array([0.04, -0.02])) == 2
     assert plots_trajectory._decimals(np.array([0.004, np.nan])) == 3
     assert plots_trajectory._decimals(np.array([0.0, np.nan])) == 1
-    assert plots_trajectory._safe("random:0") == "random-0"
-    assert plots_trajectory._safe("list:abcd1234") == "list-abcd1234"
+    assert file_name("random:0") == "random-0"
+    assert file_name("list:abcd1234") == "list-abcd1234"
+    assert file_name("") == "none" and group_file_name("") == "group"
+    assert group_file_name("blocks.0/attn") == "blocks.0-attn"

@@ -11,12 +11,13 @@ import torch
 import yaml
 from torch import nn
 
-from layerlmc.analyses.pairwise import evaluate_paths, plan_paths
 from layerlmc.cli.main import main
 from layerlmc.core.checkpoints import save_state_dict
+from layerlmc.core.plan import plan_paths
 from layerlmc.errors import LayerLMCError
 from layerlmc.evaluate import EVALUATORS, Evaluator, EvaluatorSpec, Job, Split, make_evaluator
 from layerlmc.evaluate.plain import precision_context
+from layerlmc.evaluate.points import evaluate_paths
 from layerlmc.models import cnn, mlp
 
 

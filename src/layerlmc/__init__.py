@@ -17,7 +17,6 @@ The layers of the package, from the bottom up (docs/design.md): ``core`` → ``e
 from . import hf as _hf  # noqa: F401  (registers the Hugging Face folder loader)
 from ._compat import install as _install_compat
 from ._version import __version__  # noqa: F401
-from .analyses.pairwise import evaluate_paths
 from .api import barriers, deep_linear_study, federate, robustness, subspace, trajectory
 from .core.averaging import aggregate
 from .core.barriers import compute_barriers, summary_table
@@ -38,6 +37,7 @@ from .data.partition import partition
 from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics
 from .evaluate.options import EvalOptions
+from .evaluate.points import evaluate_paths
 from .train import train_runs
 
 # old module paths (``layerlmc.lmc``, ``layerlmc.results``, ...) keep working for one release

@@ -58,5 +58,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
+    # first in line: the submodule of an alias (``layerlmc.theory.toy``) would otherwise be found
+    # by the path finder under the new package's folder and loaded a second time, by its old name
     if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedFinder())
+        sys.meta_path.insert(0, _MovedFinder())

@@ -1,6 +1,6 @@
 """An analysis split into independent cells (step × path) for a distributed executor.
 
-The local executor evaluates a step's points in one loop (:func:`layerlmc.analyses.pairwise.evaluate_paths`),
+The local executor evaluates a step's points in one loop (:func:`layerlmc.evaluate.points.evaluate_paths`),
 where identical states are shared across paths. On a cluster the same points are cut into
 cells: per step, one cell for the two endpoints, then one per path (or per random-direction
 family), each given the endpoints' records. The evaluator's specification is shared once per
@@ -26,8 +26,8 @@ from ..core.checkpoints import StateDict
 from ..core.paths import Path
 from ..core.records import RunDir, point_key
 from ..evaluate import Evaluator, EvaluatorSpec
+from ..evaluate.points import bar_disabled, endpoint_paths, evaluate_paths, point_record
 from .executors import Executor, Shared
-from .pairwise import _no_bar, _record, endpoint_paths, evaluate_paths
 
 
 class CellWork(Protocol):
@@ -51,7 +51,7 @@ class PathWork:
 
     def keys(self, splits, step, unit):
         paths = self.paths or tuple(endpoint_paths())
-        return [point_key(_record(point, split, step, unit))
+        return [point_key(point_record(point, split, step, unit))
                 for path in paths for point in path.points() for split in splits]
 
     def __call__(self, evaluator, a, b, step, unit, stored):
@@ -124,7 +124,7 @@ def evaluate_cells(
     drawn = iter(steps)
     block_size = 1
     ordered: list[dict] = []
-    bar = tqdm(total=0, desc="cells", unit="cell", disable=_no_bar(progress, 3))
+    bar = tqdm(total=0, desc="cells", unit="cell", disable=bar_disabled(progress, 3))
 
     def finished(results: Iterator[tuple[int, list[dict]]]) -> None:
         for _, records in results:

@@ -36,9 +36,8 @@ from ..core.records import SCHEMA, RunDir, point_key
 from ..core.runs import AVERAGE, round_checkpoint
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator
-from ..evaluate.options import EvalOptions, build_evaluator
+from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..specs import build_data, build_model
-from .pairwise import analysis_inputs
 
 log = logging.getLogger("layerlmc")
 COLUMNS = ("step", "unit", "kind", "group", "group_index", "base", "order", "split", "metric",

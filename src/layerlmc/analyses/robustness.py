@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core.checkpoints import StateDict, check_pair, reorder_like
+from ..core.checkpoints import StateDict, check_pair, reorder_like, state_digest
 from ..core.groups import LayerGroup, layer_groups, select_groups, tied_keys
 from ..core.options import flat_options
 from ..core.paths import BASES, Path, group_paths, parse_alphas
@@ -38,10 +38,10 @@ from ..core.plan import as_list
 from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Metrics
-from ..evaluate.options import EvalOptions, build_evaluator
+from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
+from ..evaluate.points import bar_disabled, evaluate_paths
 from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
-from .pairwise import _no_bar, analysis_inputs, evaluate_paths, state_digest
 from .trajectory import _common_folder, _load, note_step_digests, select_steps
 
 log = logging.getLogger("layerlmc")
@@ -218,7 +218,7 @@ def evaluate_directions(
                         todo.append((group, base, sample, t, missing))
     cell, delta = None, {}
     bar = tqdm(total=len(todo), desc="random directions", unit="point",
-               disable=_no_bar(progress, len(todo)))
+               disable=bar_disabled(progress, len(todo)))
     with bar:
         for group, base, sample, t, missing in todo:
             if cell != (group.name, base, sample):

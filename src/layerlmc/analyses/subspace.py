@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like, state_digest
 from ..core.groups import layer_groups, select_groups, tied_keys
 from ..core.options import flat_options
 from ..core.plan import as_list
 from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError, unknown
 from ..evaluate import Evaluator, Metrics
-from ..evaluate.options import EvalOptions, build_evaluator
-from .pairwise import analysis_inputs, state_digest
+from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 
 log = logging.getLogger("layerlmc")
 
@@ -672,6 +670,3 @@ def trajectory_snapshots(
     return [a_checkpoints[s] for s in chosen] + [b_checkpoints[s] for s in chosen]
 
 
-def safe_name(name: str) -> str:
-    """A group name usable in a file name."""
-    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "group"

@@ -12,16 +12,16 @@ import pandas as pd
 import torch
 
 from ..core.barriers import compute_barriers
-from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like
+from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like, state_digest
 from ..core.groups import LayerGroup, layer_groups, tied_keys
 from ..core.options import flat_options
 from ..core.plan import PathOptions, plan_paths
 from ..core.records import RunDir
 from ..errors import LayerLMCError
-from ..evaluate.options import EvalOptions, build_evaluator
+from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
+from ..evaluate.points import evaluate_paths
 from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
-from .pairwise import analysis_inputs, evaluate_paths, state_digest
 
 log = logging.getLogger("layerlmc")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")

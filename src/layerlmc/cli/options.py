@@ -1,30 +1,21 @@
-"""Options shared by the analysis commands, and their translation into library arguments."""
+"""Options shared by the analysis commands, and their translation into option objects."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pandas as pd
-import yaml
 
 from ..core.groups import SCHEMES
 from ..core.plan import PathOptions
-from ..errors import LayerLMCError
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
 from ..evaluate.options import EvalOptions
 from ..evaluate.plain import PRECISIONS
-from ..specs import parse_kwargs
-
-
-def split_list(values: tuple[str, ...]) -> list[str]:
-    """Repeatable options that also take comma-separated lists: ``--bases a,b``."""
-    return list(dict.fromkeys(item.strip() for value in values for item in value.split(",") if item.strip()))
+from .source import UNITS, split_list
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -36,24 +27,28 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
-def model_options(required: bool = True) -> Callable:
+def _spec_options(name: str, spec_help: str, arg_help: str, required: bool) -> Callable:
+    """``--NAME SPEC`` and the repeatable ``--NAME-arg KEY=VALUE`` of a model or dataset."""
     return _stack(
-        click.option("--model", "model_spec", required=required, default=None, metavar="SPEC",
-                     help="A built-in model (layerlmc ls models), FILE.py:FUNC or package.module:FUNC "
-                          "returning an nn.Module."),
-        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-                     help="Keyword argument for the model function (repeatable; YAML values)."),
+        click.option(f"--{name}", f"{name}_spec", required=required, default=None, metavar="SPEC",
+                     help=spec_help),
+        click.option(f"--{name}-arg", f"{name}_args", multiple=True, metavar="KEY=VALUE",
+                     help=arg_help),
     )
+
+
+def model_options(required: bool = True) -> Callable:
+    return _spec_options(
+        "model", "A built-in model (layerlmc ls models), FILE.py:FUNC or package.module:FUNC "
+                 "returning an nn.Module.",
+        "Keyword argument for the model function (repeatable; YAML values).", required)
 
 
 def data_options(required: bool = True) -> Callable:
-    return _stack(
-        click.option("--data", "data_spec", required=required, default=None, metavar="SPEC",
-                     help="A built-in dataset (layerlmc ls datasets) or FILE.py:FUNC returning a dict of "
-                          "splits, each an (inputs, labels) pair or a torch Dataset."),
-        click.option("--data-arg", "data_args", multiple=True, metavar="KEY=VALUE",
-                     help="Keyword argument for the data function (repeatable)."),
-    )
+    return _spec_options(
+        "data", "A built-in dataset (layerlmc ls datasets) or FILE.py:FUNC returning a dict of "
+                "splits, each an (inputs, labels) pair or a torch Dataset.",
+        "Keyword argument for the data function (repeatable).", required)
 
 
 def group_options(func):
@@ -147,7 +142,7 @@ def executor_options(what: str) -> Callable:
 
 
 def source_options(out_help: str, every_default: int | None = 1, files: bool = False) -> Callable:
-    """Where an analysis over checkpoints takes a and b from (see :func:`resolve_source`):
+    """Where an analysis over checkpoints takes a and b from (see :func:`~layerlmc.cli.source.resolve_source`):
     --b, --pair, the model and data, --out and the step selection. With ``files``, SOURCE and
     --b may also be two checkpoint files (a single pair)."""
     if files:
@@ -177,100 +172,6 @@ def source_options(out_help: str, every_default: int | None = 1, files: bool = F
                      help="What a step counts [default: the checkpoint names' prefix "
                           "(round_0003 → round), else epoch]."),
     )
-
-
-UNITS = ("epoch", "round", "iter", "step")
-
-
-def is_training_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
-
-
-@dataclass
-class Source:
-    """The checkpoints (step → file, or one file each for a single pair), model, data and output
-    folder of an analysis, resolved from SOURCE and the options of :func:`source_options`."""
-
-    a: dict[int, Path] | Path
-    b: dict[int, Path] | Path
-    model_spec: str
-    model_kwargs: dict
-    data_spec: str
-    data_kwargs: dict
-    out: Path
-    steps: list[int] | None
-
-    @property
-    def single_pair(self) -> bool:
-        return not isinstance(self.a, dict)
-
-    @property
-    def unit(self) -> str:
-        """The unit the checkpoint names share (``round_0003.safetensors`` → ``round``), else
-        ``epoch``."""
-        if self.single_pair:
-            return "epoch"
-        prefixes = {re.match(r"[a-z]*", p.stem.lower()).group() for p in self.a.values()}
-        found = prefixes.pop() if len(prefixes) == 1 else ""
-        return found if found in UNITS else "epoch"
-
-
-def resolve_source(
-    source: str, source_b: str | None, pair: str, model_spec: str | None,
-    model_args: tuple[str, ...], data_spec: str | None, data_args: tuple[str, ...],
-    out: Path | None, steps: str | None, *, default_out: str, files: bool = False,
-) -> Source:
-    """SOURCE is a training run folder (runs chosen with --pair; model and data from its
-    config.yaml unless given; --out defaults to SOURCE/``default_out``), or a folder or glob of
-    a's checkpoints with --b for b's (then --model, --data and --out are needed). With ``files``,
-    SOURCE and --b may be two checkpoint files."""
-    from ..analyses.trajectory import find_checkpoints
-
-    folder = Path(source)
-    if is_training_run(folder):
-        if source_b is not None:
-            raise LayerLMCError(f"{source} is a training run; choose its runs with --pair, not --b")
-        trained = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-        roles = split_list((pair,))
-        if len(roles) != 2:
-            raise LayerLMCError(f"--pair needs two run names such as a,b; got '{pair}'")
-        dirs = [folder / "checkpoints" / role for role in roles]
-        for role, directory in zip(roles, dirs):
-            if not directory.is_dir():
-                present = sorted(p.name for p in (folder / "checkpoints").iterdir())
-                raise LayerLMCError(f"{folder} has no run '{role}' (runs: {', '.join(present)})")
-        a, b = (find_checkpoints(d) for d in dirs)
-        trained_model, trained_data = trained.get("model", {}), trained.get("data", {})
-        model_spec = model_spec or trained_model.get("name")
-        model_kwargs = parse_kwargs(model_args) if model_args else trained_model.get("args", {})
-        data_spec = data_spec or trained_data.get("name")
-        data_kwargs = parse_kwargs(data_args) if data_args else trained_data.get("args", {})
-        out = out or folder / default_out
-    else:
-        if source_b is None:
-            raise LayerLMCError(
-                f"{source} is not a training run folder; give b's checkpoints with --b")
-        for flag, value in (("--model", model_spec), ("--data", data_spec), ("--out", out)):
-            if value is None:
-                raise LayerLMCError(
-                    f"{flag} is needed when SOURCE is a folder or glob of checkpoints")
-        if files and (folder.is_file() or Path(source_b).is_file()):
-            for name, path in (("SOURCE", source), ("--b", source_b)):
-                if not Path(path).is_file():
-                    raise LayerLMCError(
-                        f"{name} {path} is not a checkpoint file; give two files for a single pair")
-            if steps:
-                raise LayerLMCError(
-                    "--steps selects steps of checkpoint folders; a pair of files has none")
-            a, b = Path(source), Path(source_b)
-        else:
-            a, b = find_checkpoints(source), find_checkpoints(source_b)
-        model_kwargs, data_kwargs = parse_kwargs(model_args), parse_kwargs(data_args)
-    try:
-        chosen_steps = [int(s) for s in split_list((steps,))] if steps else None
-    except ValueError:
-        raise LayerLMCError(f"--steps takes integers, e.g. 0,10,20; got '{steps}'") from None
-    return Source(a, b, model_spec, model_kwargs, data_spec, data_kwargs, Path(out), chosen_steps)
 
 
 def study_paths(options: dict, **fields) -> PathOptions:
@@ -311,7 +212,6 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         click.echo("! marks a non-finite value (the loss diverged at that point)")
 
 
-__all__ = ["Source", "data_options", "eval_options", "group_options",
-           "is_training_run", "model_options", "parse_kwargs", "path_options", "precision_option",
-           "print_table",
-           "resolve_source", "source_options", "split_list", "study_evaluation", "study_paths"]
+__all__ = ["data_options", "eval_options", "executor_options", "group_options", "model_options",
+           "path_options", "precision_option", "print_table", "source_options", "study_evaluation",
+           "study_paths"]

@@ -10,15 +10,8 @@ from ..analyses.robustness import robustness_summary
 from ..api import robustness
 from ..core.options import settings_of
 from ..specs import build_data, build_model
-from .options import (
-    eval_options,
-    executor_options,
-    group_options,
-    resolve_source,
-    source_options,
-    split_list,
-    study_evaluation,
-)
+from .options import eval_options, executor_options, group_options, source_options, study_evaluation
+from .source import resolve_source, split_list
 
 
 @click.command("robustness")

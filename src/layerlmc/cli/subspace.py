@@ -22,7 +22,8 @@ from ..api import subspace
 from ..errors import LayerLMCError
 from ..evaluate.options import EvalOptions
 from ..specs import build_data, build_model
-from .options import group_options, is_training_run, precision_option, resolve_source, split_list
+from .options import group_options, precision_option
+from .source import is_training_run, resolve_source, split_list
 
 
 @click.command("subspace")

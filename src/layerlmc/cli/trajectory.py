@@ -16,11 +16,11 @@ from .options import (
     executor_options,
     path_options,
     print_table,
-    resolve_source,
     source_options,
     study_evaluation,
     study_paths,
 )
+from .source import resolve_source
 
 
 @click.command("trajectory")

@@ -6,6 +6,7 @@ Loading never unpickles arbitrary objects: safetensors files are read as they ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -388,3 +389,12 @@ def _keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
     return ("key " if len(keys) == 1 else "keys ") + shown
 
+
+def state_digest(state: StateDict) -> str:
+    """A digest of a state dict's names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 
 def option_groups(signature: inspect.Signature) -> dict[str, object]:
@@ -66,7 +66,6 @@ def flat_options(func: Callable) -> Callable:
     flat = inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)
     call.__signature__ = signature.replace(parameters=[*signature.parameters.values(), flat])
     call.resolve = resolve
-    call.__wrapped_analysis__ = func
     return call
 
 
@@ -77,9 +76,3 @@ def settings_of(*options: object) -> dict[str, object]:
         for key, value in dataclasses.asdict(option).items():
             settings[key] = list(value) if isinstance(value, tuple) else value
     return settings
-
-
-def replace_known(option: object, values: Mapping[str, object]) -> object:
-    """``option`` with the fields that ``values`` names (other keys are ignored)."""
-    fields = fields_of(option)
-    return dataclasses.replace(option, **{k: v for k, v in values.items() if k in fields})

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from ..errors import LayerLMCError
@@ -311,3 +312,19 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_digest(data: Mapping[str, object]) -> str:
+    """A digest of the splits' tensors (a Dataset split by its type and length only)."""
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        split = data[name]
+        digest.update(name.encode())
+        if isinstance(split, (tuple, list)) and len(split) == 2:
+            for part in split:
+                tensor = torch.as_tensor(part)
+                digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{type(split).__name__}:{len(split) if hasattr(split, '__len__') else ''}".encode())
+    return digest.hexdigest()[:16]

@@ -1,4 +1,5 @@
-"""How a study evaluates each network state: :class:`EvalOptions` and :func:`build_evaluator`."""
+"""How a study evaluates each network state (:class:`EvalOptions`, :func:`build_evaluator`), and
+what its stored numbers therefore depend on (:func:`analysis_inputs`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from ..core.checkpoints import StateDict
 from ..core.options import flat_options
 from ..core.plan import as_list
+from ..core.records import data_digest, short_hash
 from .auto import EvaluatorSpec, check_evaluator
 from .batchnorm import batchnorm_modules, check_policy
 from .data import prepare_splits, resolve_device, statistics_batches
@@ -70,3 +72,28 @@ def build_evaluator(model: torch.nn.Module, data: Mapping[str, object], state: S
     chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
     chosen.check({k: v.to(target) for k, v in state.items()})
     return chosen
+
+
+def analysis_inputs(
+    model: torch.nn.Module, data: Mapping[str, object], evaluation: EvalOptions,
+    groups: str, patterns: Sequence[str], batchnorm: str | None = None, precision: str = "fp32",
+) -> dict[str, str]:
+    """What every stored number depends on besides the checkpoints; other options only add or
+    drop points, so a run folder may be reused when these are equal.
+
+    ``batchnorm`` is the evaluator's :attr:`~layerlmc.evaluate.Evaluator.bn_summary`
+    (default: the ``interpolate`` policy); ``precision`` its
+    :attr:`~layerlmc.evaluate.Evaluator.precision` (a folder written before precision was
+    recorded counts as ``fp32``: :data:`~layerlmc.core.records.INPUT_DEFAULTS`).
+    """
+    if batchnorm is None:
+        batchnorm = "interpolate" if batchnorm_modules(model) else "no BatchNorm"
+    return {
+        "model": short_hash(repr(model)),
+        "data": data_digest(data),
+        "example subset": (f"{evaluation.max_examples} examples, seed {evaluation.seed}"
+                           if evaluation.max_examples else "all examples"),
+        "grouping": f"{groups} {list(patterns)}" if patterns else groups,
+        "BatchNorm policy": batchnorm,
+        "precision": precision,
+    }

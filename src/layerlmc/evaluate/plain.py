@@ -29,7 +29,7 @@ log = logging.getLogger("layerlmc")
 
 #: ``--precision``: the autocast dtype of every forward pass an evaluator runs (``fp32``: no
 #: autocast, the model's own dtypes). Lower precision changes the numbers, so it is an input of
-#: stored results (:func:`layerlmc.analyses.pairwise.analysis_inputs`), never a mere setting.
+#: stored results (:func:`layerlmc.evaluate.options.analysis_inputs`), never a mere setting.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -132,7 +132,7 @@ class Evaluator:
     ``bn`` is the BatchNorm policy (:mod:`layerlmc.evaluate.batchnorm`). The evaluator applies
     ``recompute`` (statistics estimated from ``bn_batches``, a sequence of input batches on the
     device) and ``batch-stats``; ``interpolate`` and ``keep-base`` decide which statistics a
-    state holds, so they are the caller's (:func:`layerlmc.analyses.pairwise.evaluate_paths`). The model's
+    state holds, so they are the caller's (:func:`layerlmc.evaluate.points.evaluate_paths`). The model's
     modes and attributes are restored after every call. ``bn_source`` says where
     ``bn_batches`` come from, for :attr:`bn_summary`.
 

@@ -1,13 +1,14 @@
 """Figures, drawn from records only: every function here takes the tables an analysis wrote
 (``points.jsonl``, ``barriers.csv``, ``robustness.csv``, ...) and a folder, and loads no model.
-PNG and PDF files are written atomically (:func:`~layerlmc.plots.barriers.save_figure`).
+PNG and PDF files are written atomically (:func:`~layerlmc.plots.common.save_figure`).
 
 - :mod:`.barriers`: one pair's full path, layer-wise and cumulative barriers;
 - :mod:`.trajectory`: heatmaps over training, layer distances, multi-model barriers;
 - :mod:`.robustness`, :mod:`.subspace`, :mod:`.theory`: those studies' figures.
 """
 
-from .barriers import plot_run, save_figure
+from .barriers import plot_run
+from .common import save_figure
 from .robustness import plot_robustness
 from .subspace import plot_subspace
 from .theory import plot_cuts, plot_toy

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +12,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..errors import LayerLMCError  # noqa: E402
+from .common import save_png  # noqa: E402
 
 METRIC_LABEL = {"loss": "loss (cross-entropy)", "error": "error (%)"}
 BASE_COLOR = {"a": "tab:blue", "b": "tab:orange"}
@@ -43,13 +41,12 @@ def plot_full_path(points: pd.DataFrame, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(title="split")
     fig.suptitle("full-network interpolation")
-    return _save(fig, out / "full_path.png")
+    return save_png(fig, out / "full_path.png")
 
 
 def plot_layer_barriers(barriers: pd.DataFrame, out: Path, definition: str, reference: str) -> Path | None:
     """Per-group barriers for both bases, one panel per split × metric, the full barrier dashed."""
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
-    groups = chosen[chosen["kind"] == "group"]
+    chosen, groups = _rows(barriers, definition, reference, "group")
     if groups.empty:
         return None
     names = list(dict.fromkeys(groups.sort_values("group_index")["group"]))
@@ -69,13 +66,12 @@ def plot_layer_barriers(barriers: pd.DataFrame, out: Path, definition: str, refe
         ax.grid(axis="x", visible=False)
         ax.legend(fontsize=8)
     fig.suptitle(f"layer-wise barriers ({definition}, reference: {reference})")
-    return _save(fig, out / "layer_barriers.png")
+    return save_png(fig, out / "layer_barriers.png")
 
 
 def plot_cumulative(barriers: pd.DataFrame, out: Path, definition: str, reference: str) -> Path | None:
     """Barrier as the averaged set grows, one line per order and base."""
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
-    cumulative = chosen[chosen["kind"] == "cumulative"]
+    _, cumulative = _rows(barriers, definition, reference, "cumulative")
     if cumulative.empty:
         return None
     styles = {"a": "-", "b": "--"}
@@ -89,7 +85,13 @@ def plot_cumulative(barriers: pd.DataFrame, out: Path, definition: str, referenc
         ax.set_xlabel("groups averaged (prefix length; window: start + 1)")
         ax.legend(fontsize=8)
     fig.suptitle(f"cumulative averaging ({definition}, reference: {reference})")
-    return _save(fig, out / "cumulative_barriers.png")
+    return save_png(fig, out / "cumulative_barriers.png")
+
+
+def _rows(barriers: pd.DataFrame, definition: str, reference: str, kind: str):
+    """The barriers of one definition and reference, and those of them of one path kind."""
+    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    return chosen, chosen[chosen["kind"] == kind]
 
 
 def _panels(rows: pd.DataFrame, width: float, height: float):
@@ -129,22 +131,3 @@ def plot_run(points: pd.DataFrame, barriers: pd.DataFrame, out: Path) -> list[Pa
     return [f for f in files if f is not None]
 
 
-def _save(fig, path: Path) -> Path:
-    try:
-        return save_figure(fig, path, 120)
-    finally:
-        plt.close(fig)
-
-
-def save_figure(fig, path: Path, dpi: int) -> Path:
-    """``fig`` written to ``path`` through a temporary name, so that a reader never sees half a
-    figure; a full disk or a read-only folder is one clear error."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise LayerLMCError(f"cannot write figure {path}: {err.strerror or err}") from None
-    return path

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..analyses.robustness import DIRECTIONS, base_values, metric_values
-from .barriers import save_figure
-from .trajectory import _safe, _save, _step_key, _step_label, _unit
+from .common import file_name, save_figure, save_png_pdf, step_key, step_label, unit_of
 
 CMAP = "Blues"
 METRICS = ("loss", "error")
@@ -53,10 +52,10 @@ def plot_robustness(table: pd.DataFrame, out: Path, at: float = 0.5, *, step: in
     for split in dict.fromkeys(table["split"]):
         rows = table[table["split"] == split]
         for metric in METRICS:
-            files += plot_heatmaps(rows, metric, at, out / f"heatmap_{_safe(split)}_{metric}",
+            files += plot_heatmaps(rows, metric, at, out / f"heatmap_{file_name(split)}_{metric}",
                                    dpi=dpi)
         for metric in curve_metrics:
-            files += plot_curves(rows, metric, out / f"curves_{_safe(split)}_{metric}", step=step,
+            files += plot_curves(rows, metric, out / f"curves_{file_name(split)}_{metric}", step=step,
                                  dpi=dpi)
     return files
 
@@ -89,7 +88,7 @@ def plot_heatmaps(rows: pd.DataFrame, metric: str, at: float, stem: Path, *,
 
     samples = at_rows.loc[at_rows["direction"] == "random", "samples"]
     n = int(samples.max()) if len(samples) else 0
-    xlabel = _unit(rows) if rows["step"].notna().any() else "single pair"
+    xlabel = unit_of(rows) if rows["step"].notna().any() else "single pair"
     label_w = 0.075 * max(len(str(r)) for r in names) + 0.4
     width = max(9.0, min(60.0, label_w + 2 * _COL_W * len(cols) + 2.4))
     height = min(60.0, len(bases) * (_ROW_H * len(names) + 1.1) + 0.8)
@@ -124,7 +123,7 @@ def plot_heatmaps(rows: pd.DataFrame, metric: str, at: float, stem: Path, *,
     split = str(rows["split"].iloc[0])
     fig.suptitle(f"{split} {metric}: one group moved {at:g} of the way from the base "
                  "(row 'full' = the base model)", fontsize=11)
-    return _save(fig, stem, dpi)
+    return save_png_pdf(fig, stem, dpi)
 
 
 def plot_curves(rows: pd.DataFrame, metric: str, stem: Path, *, step: int | None = None,
@@ -175,7 +174,7 @@ def plot_curves(rows: pd.DataFrame, metric: str, stem: Path, *, step: int | None
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
     split = str(rows["split"].iloc[0])
-    where = f"{_unit(rows)} {step}" if step is not None else "single pair"
+    where = f"{unit_of(rows)} {step}" if step is not None else "single pair"
     fig.suptitle(f"{split} {metric}, {where}: one group moved at a time", fontsize=11)
     try:
         return [save_figure(fig, stem.with_name(stem.name + ".png"), dpi)]
@@ -196,8 +195,8 @@ def _grids(panels: dict[tuple, pd.DataFrame]) -> tuple[dict[tuple, np.ndarray], 
     every = pd.concat(panels.values())
     ranks = every.groupby("group", sort=False)["rank"].min().sort_values(kind="stable")
     order = list(ranks.index)
-    labelled = {key: p.assign(_col=p["step"].map(_step_label)) for key, p in panels.items()}
-    cols = sorted(set(pd.concat(labelled.values())["_col"]), key=_step_key)
+    labelled = {key: p.assign(_col=p["step"].map(step_label)) for key, p in panels.items()}
+    cols = sorted(set(pd.concat(labelled.values())["_col"]), key=step_key)
     grids = {}
     for key, frame in labelled.items():
         frame = frame.drop_duplicates(["group", "_col"], keep="last")

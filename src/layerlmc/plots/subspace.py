@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .barriers import save_figure
+from .common import group_file_name, save_figure
 
 DIRECTION_STYLE = {
     "span": ("tab:green", "span of the final weights"),
@@ -37,8 +37,6 @@ def plot_subspace(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Pat
     """``subspace_<target>.png`` for every target of ``table`` (``subspace_full.png``, then one per
     group) on the main split (``test`` when present), ``subspace_<target>_<split>.png`` for the
     other splits. Returns the files written."""
-    from ..analyses.subspace import safe_name
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if table.empty:
@@ -54,8 +52,8 @@ def plot_subspace(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Pat
             points = rows[(rows["group"] == group) & (rows["direction"] != "clean")]
             if points.empty:
                 continue
-            suffix = "" if split == main else f"_{safe_name(split)}"
-            name = f"subspace_{safe_name(group)}{suffix}"
+            suffix = "" if split == main else f"_{group_file_name(split)}"
+            name = f"subspace_{group_file_name(group)}{suffix}"
             files.append(_scatter(points, clean, group, split, out / f"{name}.png", dpi))
     return files
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .trajectory import _save  # PNG and PDF, each written atomically
+from .common import save_png_pdf
 
 DPI = 150
 #: Path colours of the toy figure (the same in both panels).
@@ -74,7 +74,7 @@ def plot_cuts(
     for ax in axes[1]:
         ax.set_xlabel("α (0 = a, 1 = b)")
     fig.suptitle(title or "loss along layer cuts of a deep linear network")
-    return _save(fig, stem, dpi)
+    return save_png_pdf(fig, stem, dpi)
 
 
 def plot_toy(
@@ -147,7 +147,7 @@ def plot_toy(
     right.grid(alpha=0.3)
     right.legend(fontsize=8, loc="upper left")
     fig.suptitle("Layer cuts of a 2-layer scalar linear network (PAPER.md §3.2, Fig. 4)")
-    return _save(fig, stem, dpi)
+    return save_png_pdf(fig, stem, dpi)
 
 
 def _base(value) -> str | None:

@@ -10,7 +10,6 @@ barrier written in each cell. ``plot_distances`` draws the per-group distances l
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .barriers import save_figure
+from .common import file_name, save_png_pdf, step_key, step_label, unit_of
 
 #: Colorbar labels; error is stored as a fraction and shown in percentage points.
 BAR_LABEL = {"loss": "barrier (loss)", "error": "barrier (error, pp)"}
@@ -64,7 +63,7 @@ def plot_trajectory(
     files: list[Path] = []
     chosen = _chosen(barriers, definition, reference)
     if not chosen.empty:
-        unit = _unit(chosen)
+        unit = unit_of(chosen)
         splits = list(dict.fromkeys(chosen["split"]))
         groups = chosen[chosen["kind"] == "group"]
         full = chosen[chosen["kind"] == "full"]
@@ -82,7 +81,7 @@ def plot_trajectory(
                 title = (f"{split} {metric}: layer-wise barriers "
                          f"({definition}, reference {reference})")
                 files += _heatmaps(table, metric, unit, title,
-                                   out / f"layerwise_{_safe(split)}_{metric}", dpi)
+                                   out / f"layerwise_{file_name(split)}_{metric}", dpi)
         orders = list(dict.fromkeys(cumulative["order"].dropna()))
         for order in orders:
             of_order = cumulative[cumulative["order"] == order]
@@ -94,7 +93,7 @@ def plot_trajectory(
                     table = {f"interpolated into {base}": _prefix_table(rows, base) for base in BASES}
                     title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
                              f"({definition}, reference {reference})")
-                    name = f"cumulative_{_safe(order)}_{_safe(split)}_{metric}"
+                    name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
                     files += _heatmaps(table, metric, unit, title, out / name, dpi)
     if distances is not None and not distances.empty:
         files += plot_distances(distances, out, dpi=dpi)
@@ -157,7 +156,7 @@ def plot_distances(distances: pd.DataFrame, out: Path, *, dpi: int = DPI) -> lis
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    unit = _unit(frame)
+    unit = unit_of(frame)
     for ax in axes[1]:
         ax.set_xlabel(unit)
     labels = [n for n in names if n in handles]
@@ -169,7 +168,7 @@ def plot_distances(distances: pd.DataFrame, out: Path, *, dpi: int = DPI) -> lis
     elif shown:
         axes[0][0].legend(shown, text, fontsize=8, title="group")
     fig.suptitle("distances between the models and to their initialisation, per group")
-    return _save(fig, out / "distances", dpi)
+    return save_png_pdf(fig, out / "distances", dpi)
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def plot_multimodel(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[P
     files: list[Path] = []
     if chosen.empty:
         return files
-    unit = _unit(chosen)
+    unit = unit_of(chosen)
     for split in dict.fromkeys(chosen["split"]):
         for metric in METRICS:
             rows = _select(chosen, split, metric)
@@ -193,7 +192,7 @@ def plot_multimodel(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[P
             panel = {"average of the clients vs their mean": _layer_table(
                 rows[rows["kind"] == "full"], rows[rows["kind"] == "group"])}
             title = f"{split} {metric}: barrier of the clients' average, full and one group at a time"
-            files += _heatmaps(panel, metric, unit, title, out / f"multimodel_{_safe(split)}_{metric}", dpi)
+            files += _heatmaps(panel, metric, unit, title, out / f"multimodel_{file_name(split)}_{metric}", dpi)
     return files
 
 
@@ -226,41 +225,12 @@ def _prefix_table(rows: pd.DataFrame, base: str) -> pd.DataFrame:
 
 
 def _pivot(rows: pd.DataFrame) -> pd.DataFrame:
-    rows = rows.assign(_col=rows["step"].map(_step_label))
+    rows = rows.assign(_col=rows["step"].map(step_label))
     rows = rows.drop_duplicates(["_row", "_col"], keep="last")
     ranks = rows.groupby("_row", sort=False)["_rank"].min().sort_values(kind="stable")
-    cols = sorted(set(rows["_col"]), key=_step_key)
+    cols = sorted(set(rows["_col"]), key=step_key)
     return rows.pivot(index="_row", columns="_col", values="value").reindex(
         index=list(ranks.index), columns=cols)
-
-
-def _step_label(step) -> str:
-    try:
-        number = float(step)
-    except (TypeError, ValueError):
-        return "–" if step is None else str(step)
-    if math.isnan(number):
-        return "–"
-    return str(int(number)) if number.is_integer() else f"{number:g}"
-
-
-def _step_key(label: str) -> tuple:
-    try:
-        return (1, float(label))
-    except ValueError:
-        return (0, 0.0)
-
-
-def _unit(frame: pd.DataFrame) -> str:
-    if "unit" not in frame:
-        return "step"
-    units = frame["unit"].dropna()
-    return str(units.mode().iloc[0]) if not units.empty else "step"
-
-
-def _safe(name: str) -> str:
-    """A file-name fragment: ``random:0`` → ``random-0``."""
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(name)).strip("-") or "none"
 
 
 # -- drawing ----------------------------------------------------------------------------------
@@ -273,7 +243,7 @@ def _merge(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     for table in tables.values():
         rows += [r for r in table.index if r not in rows]
         cols |= set(table.columns)
-    columns = sorted(cols, key=_step_key)
+    columns = sorted(cols, key=step_key)
     return {name: table.reindex(index=rows, columns=columns) for name, table in tables.items()}
 
 
@@ -344,12 +314,6 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
                             shrink=1.0 if len(rows) > 6 else 0.9)
     colorbar.set_label(BAR_LABEL[metric])
     fig.suptitle(title, fontsize=11)
-    return _save(fig, stem, dpi)
+    return save_png_pdf(fig, stem, dpi)
 
 
-def _save(fig, stem: Path, dpi: int) -> list[Path]:
-    """``stem.png`` and ``stem.pdf``, each written to a temporary name and then moved in place."""
-    try:
-        return [save_figure(fig, stem.with_name(stem.name + suffix), dpi) for suffix in (".png", ".pdf")]
-    finally:
-        plt.close(fig)
