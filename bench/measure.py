@@ -78,7 +78,7 @@ def run_layerlmc(spec: Spec, model, a, b, data: dict, evaluator: str, device) ->
     # module's globals: that module is the one patched
     lmc.evaluate_paths = capture
     options: dict[str, Any] = {}
-    if "evaluator" in inspect.signature(layerlmc.barriers).parameters:
+    if has_evaluator_option():
         options["evaluator"] = evaluator
     try:
         layerlmc.barriers(model, a, b, data, layerwise=True, bases=("a", "b"), alphas="0.5",
@@ -106,9 +106,16 @@ def run_floor(spec: Spec, model, a, data: dict) -> dict[str, list[float]]:
 
 
 def has_evaluator_option() -> bool:
+    """Whether ``layerlmc.barriers`` takes ``evaluator=``: a parameter of its own in older
+    checkouts, a field of its ``EvalOptions`` (taken as a keyword too) since the option objects."""
+    import dataclasses
+
     import layerlmc
 
-    return "evaluator" in inspect.signature(layerlmc.barriers).parameters
+    if "evaluator" in inspect.signature(layerlmc.barriers).parameters:
+        return True
+    options = getattr(layerlmc, "EvalOptions", None)
+    return options is not None and "evaluator" in {f.name for f in dataclasses.fields(options)}
 
 
 def measure_in_this_process(job: dict) -> dict:

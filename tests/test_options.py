@@ -60,8 +60,28 @@ def test_a_shared_field_goes_into_every_object_and_defaults_stay_per_analysis():
     kwargs = merge_flat("trajectory", signature, {"seed": 7, "bases": ["a"]})
     assert kwargs["paths"].seed == 7 and kwargs["evaluation"].seed == 7
     assert kwargs["paths"].bases == ["a"]
-    # the trajectory's own default grid survives a keyword for another field
-    assert kwargs["paths"].alphas == "0,0.5,1"
+    # the grid is left to the analysis: its own default survives objects and other keywords
+    assert kwargs["paths"].alphas is None
+    assert PathOptions().with_alphas("0,1").alphas == "0,1"
+    assert PathOptions(alphas="0:1:3").with_alphas("0,1").alphas == "0:1:3"
+
+
+def test_a_trajectory_given_path_options_keeps_its_own_grid(tmp_path):
+    model, a, b, data = _pair()
+    steps = {}
+    for step, state in ((0, a), (1, b)):
+        steps[step] = tmp_path / f"a_{step}.pt"
+        torch.save(state, steps[step])
+    table, _ = layerlmc.trajectory(model, steps, steps, data, tmp_path / "t", plots=False,
+                                   paths=PathOptions(layerwise=False), progress=False)
+    points = [r for r in layerlmc.RunDir(tmp_path / "t").read_points() if r["kind"] == "full"]
+    assert sorted({r["alpha"] for r in points}) == [0.0, 0.5, 1.0]
+    assert set(table["kind"]) == {"full"}
+
+
+def test_an_option_object_given_as_none_is_the_default():
+    model, a, _, _ = _pair()
+    assert len(layerlmc.plan_paths(a, model, paths=None)) == len(layerlmc.plan_paths(a, model))
 
 
 def test_an_unknown_keyword_is_a_type_error_naming_it():

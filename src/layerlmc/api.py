@@ -4,7 +4,10 @@ Analyses (:mod:`layerlmc.analyses`) compute records and never draw; plots
 (:mod:`layerlmc.plots`) read records and never compute. A user who wants both in one call, as
 the paper's figures come, calls these: ``layerlmc.barriers``, ``trajectory``, ``robustness``,
 ``subspace``, ``federate`` and ``deep_linear_study`` take every argument of their analysis plus
-``plots`` (default ``True``: with an ``out`` folder, the figures go to ``out/figures``).
+``plots`` (default ``True``: with an ``out`` folder, the figures go to ``out/figures``; a
+federated run's to ``FOLDER/multimodel/figures``). The figures are drawn once the analysis has
+marked its run complete; one that cannot be written marks it ``failed`` again, and a rerun
+draws them from the stored records.
 matplotlib is imported only when a figure is drawn.
 """
 
@@ -48,6 +51,7 @@ def with_figures(analysis: Callable, draw: Draw) -> Callable:
                 draw(result, Path(out), arguments.arguments)
         return result
 
+    study.__dict__.pop("resolve", None)  # the analysis's, copied by wraps: it knows no plots=
     plots = inspect.Parameter("plots", inspect.Parameter.KEYWORD_ONLY, default=True)
     parameters = list(signature.parameters.values())
     where = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
@@ -110,7 +114,8 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
         if plots:
             from .plots.trajectory import plot_multimodel
 
-            plot_multimodel(table, folder / "multimodel" / "figures")
+            with RunDir(folder / "multimodel").status_on_error():
+                plot_multimodel(table, folder / "multimodel" / "figures")
     return folder
 
 

@@ -8,7 +8,6 @@ Plan the paths (:func:`~layerlmc.core.plan.plan_paths`), evaluate their points
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Mapping
 from pathlib import Path as FilePath
 
@@ -18,7 +17,7 @@ import torch
 from ..core.barriers import compute_barriers
 from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like, state_digest
 from ..core.options import flat_options
-from ..core.plan import PathOptions, plan_paths
+from ..core.plan import FULL_ALPHAS, PathOptions, plan_paths
 from ..core.records import RunDir
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..evaluate.points import evaluate_paths
@@ -26,9 +25,6 @@ from ..evaluate.points import evaluate_paths
 # the module paths of 0.1 for what moved out of this module
 __all__ = ["analysis_inputs", "barriers", "build_evaluator", "evaluate_paths", "plan_paths",
            "state_digest"]
-
-log = logging.getLogger("layerlmc")
-
 
 @flat_options
 def barriers(
@@ -78,6 +74,7 @@ def barriers(
     check_pair(state_a, state_b, expected)
     # groups follow the model's order, whatever order the files stored (safetensors sorts keys)
     state_a, state_b = reorder_like(state_a, expected), reorder_like(state_b, expected)
+    paths = paths.with_alphas(FULL_ALPHAS)
     planned = plan_paths(state_a, model, paths=paths)
     chosen = build_evaluator(model, data, state_a, evaluation=evaluation)
     run = None

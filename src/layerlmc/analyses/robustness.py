@@ -418,8 +418,8 @@ def robustness(
     each group and base's random directions); the records are the same.
 
     Returns the ``robustness.csv`` table (:func:`robustness_table`). With ``out``, the folder
-    gets ``config.yaml``, ``run.json``, ``points.jsonl``, ``robustness.csv`` and ``figures/``;
-    a rerun with the same ``out`` evaluates only what is missing.
+    gets ``config.yaml``, ``run.json``, ``points.jsonl`` and ``robustness.csv``
+    (:func:`layerlmc.robustness` also draws ``figures/``); a rerun with the same ``out`` evaluates only what is missing.
     """
     if samples < 1:
         raise LayerLMCError(

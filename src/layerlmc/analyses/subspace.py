@@ -251,8 +251,8 @@ def subspace(
       twice that at its peak).
 
     With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl`` (schema 2,
-    ``kind=direction``), ``subspace.csv`` and ``figures/subspace_<full|group>.png``; a rerun
-    evaluates only points that are not stored yet.
+    ``kind=direction``) and ``subspace.csv`` (:func:`layerlmc.subspace` also draws
+    ``figures/subspace_<full|group>.png``); a rerun evaluates only points that are not stored yet.
     """
     if span not in SPANS:
         raise unknown("span", span, SPANS)

@@ -24,6 +24,7 @@ from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
 
 log = logging.getLogger("layerlmc")
+TRAJECTORY_ALPHAS = "0,0.5,1"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 DISTANCE_COLUMNS = ("step", "unit", "group", "group_index", "l2_ab", "cos_ab",
                     "l2_a_init", "cos_a_init", "l2_b_init", "cos_b_init")
@@ -117,7 +118,7 @@ def trajectory(
     every: int = 1,
     steps: Sequence[int] | None = None,
     allow_missing: bool = False,
-    paths: PathOptions = PathOptions(alphas="0,0.5,1"),
+    paths: PathOptions = PathOptions(),
     evaluation: EvalOptions = EvalOptions(),
     executor: str | Executor = "local",
     address: str | None = None,
@@ -129,10 +130,12 @@ def trajectory(
     ``barriers.csv``, ``distances.csv``; :func:`layerlmc.trajectory` also draws ``figures/``).
     A rerun evaluates only missing cells. ``paths`` and ``evaluation`` (or their fields as
     keywords) are those of :func:`layerlmc.barriers`; the full path's grid defaults to
-    α = 0, ½, 1 here. ``executor``
+    α = 0, ½, 1 here (:data:`TRAJECTORY_ALPHAS`). ``executor``
     (``local``, ``ray`` with the cluster's ``address``, or an
     :class:`~layerlmc.analyses.executors.Executor`) runs the (step, path) cells: the records are the
     same. Returns ``(barriers, distances)``."""
+    # one full path among many per step: its ends and midpoint are what the heatmaps show
+    paths = paths.with_alphas(TRAJECTORY_ALPHAS)
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
     init_step = min(set(a_checkpoints) & set(b_checkpoints))

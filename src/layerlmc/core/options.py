@@ -31,7 +31,9 @@ def fields_of(option: object) -> set[str]:
 def merge_flat(name: str, signature: inspect.Signature, kwargs: dict) -> dict:
     """``kwargs`` with each keyword that is no parameter of ``signature`` moved into every
     option object that has a field of that name (a shared field such as ``seed`` goes into
-    each); a keyword that fits nowhere is a ``TypeError``, as for any function."""
+    each, and a keyword wins over the same field of an object also given); an object given as
+    None is the default one; a keyword that fits nowhere is a ``TypeError``, as for any
+    function."""
     groups = option_groups(signature)
     flat = {key: kwargs.pop(key) for key in list(kwargs) if key not in signature.parameters}
     known: set[str] = set()
@@ -39,9 +41,11 @@ def merge_flat(name: str, signature: inspect.Signature, kwargs: dict) -> dict:
         fields = fields_of(default)
         known |= fields
         chosen = {key: value for key, value in flat.items() if key in fields}
+        given = kwargs.get(group)
         if chosen:
-            given = kwargs.get(group)
             kwargs[group] = dataclasses.replace(default if given is None else given, **chosen)
+        elif group in kwargs and given is None:
+            kwargs[group] = default
     unknown = sorted(set(flat) - known)
     if unknown:
         raise TypeError(f"{name}() got an unexpected keyword argument '{unknown[0]}'")
@@ -52,6 +56,10 @@ def flat_options(func: Callable) -> Callable:
     """``func`` also taking the fields of its option objects as keywords (see the module
     docstring). ``func.resolve(*args, **kwargs)`` gives the bound arguments it is called with."""
     signature = inspect.signature(func)
+    positional = [name for name, p in signature.parameters.items()
+                  if name in option_groups(signature) and p.kind is not p.KEYWORD_ONLY]
+    if positional:  # an object passed by position would escape the merge of its flat fields
+        raise TypeError(f"{func.__name__}: option objects must be keyword-only: {positional}")
 
     def resolve(*args, **kwargs) -> inspect.BoundArguments:
         bound = signature.bind(*args, **merge_flat(func.__name__, signature, dict(kwargs)))

@@ -6,6 +6,7 @@ evaluation), so every step of a trajectory and every worker of an executor walks
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from .groups import layer_groups, select_groups, tied_keys
 from .options import flat_options
 from .paths import Path, cumulative_paths, full_path, group_paths, parse_alphas
 
+#: the full path's grid of a study of one pair: its curve is drawn
+FULL_ALPHAS = "0:1:11"
+
 
 @dataclass(frozen=True)
 class PathOptions:
@@ -26,7 +30,9 @@ class PathOptions:
     ``layers``: the groups that get single-group paths (default all; ``layerwise=False``: none);
     ``bases``: the endpoints the other groups come from; ``cumulative``: orders of cumulative
     paths (``shallow``, ``deep``, ``random``, ``minimal``, ``window:K`` or a list of groups;
-    ``seed`` seeds ``random``); ``alphas``: the full path's grid; ``layer_alphas``: the grid of
+    ``seed`` seeds ``random``); ``alphas``: the full path's grid (default: the analysis's own,
+    :data:`FULL_ALPHAS` for one pair, α = 0, ½, 1 at every step of a trajectory, where the
+    full path is only one of many); ``layer_alphas``: the grid of
     group and cumulative paths (default: what the definitions need); ``definitions``
     (``midpoint``, ``max``) and ``references`` (``models``, ``path``): the barriers reported;
     ``extrapolate``: allow α outside [0, 1].
@@ -38,12 +44,16 @@ class PathOptions:
     layerwise: bool = True
     bases: Sequence[str] = ("a", "b")
     cumulative: Sequence[str] = ()
-    alphas: str | Sequence[float] = "0:1:11"
+    alphas: str | Sequence[float] | None = None
     layer_alphas: str | Sequence[float] | None = None
     definitions: Sequence[str] = ("midpoint",)
     references: Sequence[str] = ("models",)
     seed: int = 0
     extrapolate: bool = False
+
+    def with_alphas(self, default: str | Sequence[float]) -> PathOptions:
+        """These options with the full path's grid ``default`` unless one was chosen."""
+        return self if self.alphas is not None else dataclasses.replace(self, alphas=default)
 
     @property
     def definition(self) -> str:
@@ -64,6 +74,7 @@ def plan_paths(state: StateDict, model: torch.nn.Module | None = None, *,
     get ``layer_alphas`` (default: only what the barrier definitions need, i.e. α=½ for
     ``midpoint``; the ``alphas`` grid for ``max``) plus α=0 and 1 for the ``path`` reference.
     """
+    paths = paths.with_alphas(FULL_ALPHAS)
     definitions, references = as_list(paths.definitions), as_list(paths.references)
     bases, layers = as_list(paths.bases), as_list(paths.layers) or None
     cumulative = paths.cumulative

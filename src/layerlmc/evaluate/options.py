@@ -20,7 +20,8 @@ from .plain import Evaluator, check_precision
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What each state is evaluated on, where and how; every analysis takes one.
+    """What each state is evaluated on, where and how; every analysis over checkpoints takes one
+    (``evaluation=``), and its fields as keywords.
 
     ``splits`` (default: all the data has), ``max_examples`` (a fixed subset of each split,
     seeded by ``seed``), ``batch_size``, ``device`` (``auto``, ``cpu``, ``cuda[:N]``);

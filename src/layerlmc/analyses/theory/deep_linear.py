@@ -457,8 +457,9 @@ def deep_linear_study(
 
     Writes into the run folder ``out``: ``cuts.csv`` (the curves, columns of
     :func:`layer_cuts`), ``convexity.csv`` (:func:`convexity`, plus ``leading_coefficient`` and
-    ``min_curvature`` from the exact polynomials for ``mse``), ``figures/deep_linear_cuts.png``
-    (and ``.pdf``), ``config.yaml`` and ``run.json``. Returns (curves, convexity).
+    ``min_curvature`` from the exact polynomials for ``mse``), ``config.yaml`` and ``run.json``
+    (:func:`layerlmc.deep_linear_study` also draws ``figures/deep_linear_cuts.png`` and
+    ``.pdf``). Returns (curves, convexity).
     """
     from ...core.records import RunDir
 
