@@ -17,4 +17,5 @@ def ls_command(what: str) -> None:
         return
     registry = models if what == "models" else datasets
     for entry in registry.entries():
-        click.echo(f"{entry.name:16s} {entry.summary}")
+        also = f" (also: {', '.join(entry.aliases)})" if entry.aliases else ""
+        click.echo(f"{entry.name:16s} {entry.summary}{also}")

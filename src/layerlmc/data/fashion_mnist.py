@@ -140,7 +140,7 @@ def load_split(split: str, folder: Path | None = None, normalize: bool = True) -
 
 
 @datasets.register("fashion-mnist", "Fashion-MNIST train (60k) / test (10k), 1×28×28, 10 classes "
-                                    "(train_examples=N: a seeded subset of the train split)")
+                                    "(train_examples=N: a seeded subset of the train split)", aliases=("fmnist",))
 def fashion_mnist(
     normalize: bool = True, train_examples: int | None = None, seed: int = 0,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
