@@ -12,7 +12,13 @@ import pytest
 from layerlmc.core.records import BARRIER_COLUMNS
 from layerlmc.plots import trajectory as plots_trajectory
 from layerlmc.plots.common import file_name, group_file_name
-from layerlmc.plots.trajectory import plot_distances, plot_trajectory
+from layerlmc.plots.trajectory import (
+    ColourScale,
+    colour_scale,
+    largest_single_groups,
+    plot_distances,
+    plot_trajectory,
+)
 
 GROUPS = ["conv1", "block-0", "block-1", "fc"]
 STEPS = [0, 2, 4, 6]
@@ -119,7 +125,7 @@ def test_every_figure_is_written(tmp_path):
 def _stub_heatmaps(monkeypatch):
     """Record which heatmaps would be drawn without rendering them (keeps the tests fast)."""
 
-    def names(tables, metric, unit, title, stem, dpi):
+    def names(tables, metric, unit, title, stem, dpi, **style):
         assert not all(t.empty for t in tables.values())
         return [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
 
@@ -164,10 +170,11 @@ def test_distances_alone(tmp_path):
 
 
 def test_heatmap_tables_follow_the_paper_layout(monkeypatch, tmp_path):
-    drawn = {}
+    drawn, styles = {}, {}
 
-    def capture(tables, metric, unit, title, stem, dpi):
+    def capture(tables, metric, unit, title, stem, dpi, **style):
         drawn[stem.name] = (tables, metric, unit, title)
+        styles[stem.name] = style
         return []
 
     monkeypatch.setattr(plots_trajectory, "_heatmaps", capture)
@@ -199,3 +206,59 @@ def test_cell_decimals():
     assert file_name("list:abcd1234") == "list-abcd1234"
     assert file_name("") == "none" and group_file_name("") == "group"
     assert group_file_name("blocks.0/attn") == "blocks.0-attn"
+
+
+def test_the_colour_scale_comes_from_the_trained_steps():
+    untrained = pd.DataFrame({"0": [2.0, -3.0], "1": [0.1, 0.2], "2": [0.3, -0.05]}, index=["full", "a"])
+    scale = colour_scale([untrained], "loss")
+    assert scale.limit == pytest.approx(0.3) and scale.saturated == ("0",)
+    # step 0 inside the trained range saturates nothing; error is drawn in percentage points
+    calm = pd.DataFrame({"0": [0.001], "1": [0.004]}, index=["a"])
+    assert colour_scale([calm], "error") == ColourScale(pytest.approx(0.4), ())
+    # one step only: it is the scale
+    assert colour_scale([pd.DataFrame({"0": [0.5]})], "loss") == ColourScale(0.5, ())
+    # two tables compared share one scale
+    assert colour_scale([calm, untrained], "loss").limit == pytest.approx(0.3)
+
+
+def test_the_largest_single_group_barrier_of_each_step_is_found():
+    table = pd.DataFrame({"0": [9.0, 0.1, 0.2], "1": [9.0, 0.5, float("nan")],
+                          "2": [9.0, float("nan"), float("nan")], "3": [9.0, 0.0, -0.1]},
+                         index=["full", "conv1", "fc1"])
+    # full is no group; a step with no finite or no positive group barrier has none to box
+    assert largest_single_groups(table) == [(2, 0), (1, 1)]
+
+
+def test_compared_figures_share_one_scale_and_layerwise_ones_are_marked(monkeypatch, tmp_path):
+    drawn = {}
+
+    def capture(tables, metric, unit, title, stem, dpi, **style):
+        drawn[stem.name] = style
+        return []
+
+    monkeypatch.setattr(plots_trajectory, "_heatmaps", capture)
+    plot_trajectory(_barriers(), None, tmp_path)
+    layerwise, cumulative = drawn["layerwise_test_loss"], drawn["cumulative_shallow_test_loss"]
+    assert layerwise["scale"] == cumulative["scale"] and layerwise["mark_largest"]
+    assert not cumulative["mark_largest"]
+    # each split and metric has a scale of its own
+    assert {"layerwise_train_loss", "layerwise_test_error"} <= set(drawn)
+
+
+def test_a_saturated_untrained_step_is_said_in_the_colour_bar(monkeypatch, tmp_path):
+    import matplotlib.figure
+
+    frame = _barriers(kinds=("full", "group"))
+    frame = frame[(frame["split"] == "test") & (frame["metric"] == "loss")].copy()
+    frame.loc[frame["step"] == 0, "value"] = 50.0  # an untrained pair's barrier
+    extends = []
+    colorbar = matplotlib.figure.Figure.colorbar
+
+    def spy(self, *args, **kwargs):
+        extends.append(kwargs.get("extend"))
+        return colorbar(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "colorbar", spy)
+    files = plot_trajectory(frame, None, tmp_path, dpi=DPI)
+    assert _names(files) == {"layerwise_test_loss.png", "layerwise_test_loss.pdf"}
+    assert extends == ["both"]

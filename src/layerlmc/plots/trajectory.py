@@ -10,12 +10,15 @@ barrier written in each cell. ``plot_distances`` draws the per-group distances l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.colors
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -62,6 +65,9 @@ def plot_trajectory(
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     chosen = _chosen(barriers, definition, reference)
+    # (tables, split, metric, title, stem, layer-wise?) of every heatmap, drawn below on one
+    # colour scale per split and metric: the layer-wise and cumulative figures are compared
+    pending: list[tuple[dict, str, str, str, Path, bool]] = []
     if not chosen.empty:
         unit = unit_of(chosen)
         splits = list(dict.fromkeys(chosen["split"]))
@@ -80,8 +86,8 @@ def plot_trajectory(
                 }
                 title = (f"{split} {metric}: layer-wise barriers "
                          f"({definition}, reference {reference})")
-                files += _heatmaps(table, metric, unit, title,
-                                   out / f"layerwise_{file_name(split)}_{metric}", dpi)
+                pending.append((table, split, metric, title,
+                                out / f"layerwise_{file_name(split)}_{metric}", True))
         orders = list(dict.fromkeys(cumulative["order"].dropna()))
         for order in orders:
             of_order = cumulative[cumulative["order"] == order]
@@ -94,7 +100,16 @@ def plot_trajectory(
                     title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
                              f"({definition}, reference {reference})")
                     name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
-                    files += _heatmaps(table, metric, unit, title, out / name, dpi)
+                    pending.append((table, split, metric, title, out / name, False))
+        scales = {
+            (split, metric): colour_scale(
+                [t for tables, s, m, *_ in pending if (s, m) == (split, metric)
+                 for t in tables.values()], metric)
+            for _, split, metric, *_ in pending
+        }
+        for table, split, metric, title, stem, layerwise in pending:
+            files += _heatmaps(table, metric, unit, title, stem, dpi,
+                               scale=scales[(split, metric)], mark_largest=layerwise)
     if distances is not None and not distances.empty:
         files += plot_distances(distances, out, dpi=dpi)
     return files
@@ -256,20 +271,65 @@ def _decimals(values: np.ndarray) -> int:
     return int(min(4, max(2, -math.floor(math.log10(top)))))
 
 
+@dataclass(frozen=True)
+class ColourScale:
+    """A symmetric colour scale (white = 0) and the steps whose cells may lie beyond it."""
+
+    limit: float
+    saturated: tuple[str, ...] = ()
+
+
+def colour_scale(tables: Sequence[pd.DataFrame], metric: str) -> ColourScale:
+    """One scale for every table a reader compares, from the trained steps.
+
+    The step-0 column (the initialisation, untrained) is left out of the scale when later
+    steps exist: an untrained pair's barrier says nothing about training and would wash out
+    every trained cell. Its cells still show their numbers; beyond the scale they saturate, and
+    :attr:`ColourScale.saturated` names the step so the colour bar can say so.
+    """
+    columns = list(dict.fromkeys(c for table in tables for c in table.columns))
+    untrained = [c for c in columns if c == "0"] if len(columns) > 1 else []
+    trained = [SCALE[metric] * t.drop(columns=untrained, errors="ignore").to_numpy(dtype=float).ravel()
+               for t in tables]
+    values = np.concatenate(trained) if trained else np.array([])
+    finite = values[np.isfinite(values)]
+    limit = float(np.abs(finite).max()) if finite.size else 1.0
+    limit = limit if limit > 0 else 1.0
+    beyond = [SCALE[metric] * t[c].to_numpy(dtype=float) for t in tables for c in untrained
+              if c in t.columns]
+    saturated = tuple(untrained) if any((np.abs(v[np.isfinite(v)]) > limit).any() for v in beyond) else ()
+    return ColourScale(limit, saturated)
+
+
+def largest_single_groups(table: pd.DataFrame) -> list[tuple[int, int]]:
+    """(row, column) of the largest single-group barrier at each step of a layer-wise table
+    (the ``full`` row is the whole network, not a group). A step whose groups have no positive
+    barrier has none to point at (an untrained pair from one initialization: all zero)."""
+    cells = []
+    groups = [i for i, name in enumerate(table.index) if name != "full"]
+    values = table.to_numpy(dtype=float)
+    for column in range(values.shape[1]):
+        candidates = [(values[i, column], i) for i in groups
+                      if np.isfinite(values[i, column]) and values[i, column] > 0]
+        if candidates:
+            cells.append((max(candidates)[1], column))
+    return cells
+
+
 def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: str, stem: Path,
-              dpi: int) -> list[Path]:
-    """One heatmap panel per table, keyed by the panel's title, on one colour scale."""
+              dpi: int, *, scale: ColourScale | None = None, mark_largest: bool = False) -> list[Path]:
+    """One heatmap panel per table, keyed by the panel's title, on one colour scale (``scale``:
+    shared with other figures; default: this figure's own); with ``mark_largest``, each step's
+    largest single-group barrier is boxed."""
     tables = _merge(tables)
     first = next(iter(tables.values()))
     rows, cols = list(first.index), list(first.columns)
-    scale = SCALE[metric]
-    grids = {name: scale * table.to_numpy(dtype=float) for name, table in tables.items()}
+    scale = scale or colour_scale(list(tables.values()), metric)
+    grids = {name: SCALE[metric] * table.to_numpy(dtype=float) for name, table in tables.items()}
     every = np.concatenate([g.ravel() for g in grids.values()])
     decimals = _decimals(every)
     finite = every[np.isfinite(every)]
-    limit = float(np.abs(finite).max()) if finite.size else 1.0
-    limit = limit if limit > 0 else 1.0
-    norm = matplotlib.colors.Normalize(vmin=-limit, vmax=limit)  # symmetric: white = 0
+    norm = matplotlib.colors.Normalize(vmin=-scale.limit, vmax=scale.limit)  # symmetric: white = 0
     cmap = plt.get_cmap(CMAP).with_extremes(bad="lightgrey")
 
     texts = [f"{v:.{decimals}f}" for v in finite] or ["nan"]
@@ -294,13 +354,17 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
             for j in range(grid.shape[1]):
                 value = grid[i, j]
                 if np.isfinite(value):
-                    dark = abs(norm(value) - 0.5) > 0.3
+                    dark = abs(min(max(norm(value), 0.0), 1.0) - 0.5) > 0.3
                     label, colour = f"{value:.{decimals}f}", "white" if dark else "black"
                 else:
                     label, colour = "nan", "dimgrey"
                 # cell texts stay inside their cells: keep them out of the layout engine
                 ax.text(j, i, label, ha="center", va="center", fontsize=_CELL_FONT,
                         color=colour).set_in_layout(False)
+        if mark_largest:
+            for i, j in largest_single_groups(tables[panel]):
+                ax.add_patch(matplotlib.patches.Rectangle(
+                    (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
         ax.set_xticks(range(len(cols)), cols, fontsize=9)
         ax.set_yticks(range(len(rows)), rows, fontsize=9)
         ax.tick_params(length=0)
@@ -311,8 +375,14 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
         for spine in ax.spines.values():
             spine.set_visible(False)
     colorbar = fig.colorbar(image, ax=list(axes), fraction=0.05, pad=0.02,
-                            shrink=1.0 if len(rows) > 6 else 0.9)
-    colorbar.set_label(BAR_LABEL[metric])
+                            shrink=1.0 if len(rows) > 6 else 0.9,
+                            extend="both" if scale.saturated else "neither")
+    label = BAR_LABEL[metric]
+    if scale.saturated:
+        label += f"\nscale from trained {unit}s; {unit} {', '.join(scale.saturated)} saturates"
+    colorbar.set_label(label)
+    if mark_largest:
+        title += "\nboxed: the largest single-group barrier at each " + unit
     fig.suptitle(title, fontsize=11)
     return save_png_pdf(fig, stem, dpi)
 
