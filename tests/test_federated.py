@@ -278,3 +278,23 @@ def test_federate_cli_and_bad_input(tmp_path, fed_config, capsys):
     fails("clients=0", fragment="config key 'clients'")
     fails("partition.scheme=dirichlet", "partition.alpha=0", fragment="config key 'partition.alpha'")
     fails("partition.scheme=shards", "partition.classes_per_client=5", fragment="cannot give 3 clients 5 classes")
+
+
+def test_multi_model_barriers_honour_the_precision(fed_config, tmp_path):
+    config = load_config(FederatedConfig, {**fed_config, "rounds": 1,
+                                           "multimodel": {"max_examples": 40, "precision": "bf16"}})
+    folder = federate(config, tmp_path / "bf16", progress=False, plots=False)
+    stored = json.loads((folder / "multimodel" / "run.json").read_text())
+    assert stored["inputs"]["precision"] == "bf16"
+    bf16 = pd.read_csv(folder / "multimodel" / "multimodel.csv")
+    fp32 = federate(load_config(FederatedConfig, {**fed_config, "rounds": 1}), tmp_path / "fp32",
+                    progress=False, plots=False)
+    exact = pd.read_csv(fp32 / "multimodel" / "multimodel.csv")
+    # the same clients (fp32 training), evaluated in another dtype: close, not equal
+    assert (bf16["clients_mean"] - exact["clients_mean"]).abs().max() < 0.05
+    assert not bf16["clients_mean"].equals(exact["clients_mean"])
+    # the folder computed in bf16 refuses fp32
+    with pytest.raises(LayerLMCError, match="another precision"):
+        from layerlmc.analyses.multimodel import analyse_federated_run
+
+        analyse_federated_run(folder, precision="fp32", progress=False)

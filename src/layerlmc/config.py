@@ -183,6 +183,8 @@ class MultiModelConfig(Strict):
     every: int = Field(0, ge=0, description="analyse every N-th round; 0 = the last round only")
     max_examples: int | None = Field(2000, ge=1)
     enabled: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of the analysis's forward passes (fp32: none)")
 
 
 class FederatedConfig(Training):

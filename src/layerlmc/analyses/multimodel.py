@@ -142,7 +142,7 @@ def _row(step, unit, kind, group, index, split, metric, average, mean) -> dict:
 
 def analyse_federated_run(
     folder: str | Path, rounds: Sequence[int] | None = None, *, max_examples: int | None = None,
-    device: str | None = None, progress: bool | None = None,
+    device: str | None = None, precision: str | None = None, progress: bool | None = None,
 ) -> pd.DataFrame:
     """Multi-model barriers of a federated run's clients at ``rounds`` (default: the config's
     ``multimodel.every``, or the last round), written to ``FOLDER/multimodel``."""
@@ -170,13 +170,16 @@ def analyse_federated_run(
     splits = [config.data.train_split, config.data.test_split]
     first = load_state_dict(round_checkpoint(folder, names[0], rounds[0]))
     evaluation = EvalOptions(splits=splits, max_examples=max_examples, seed=0,
-                             batch_size=config.eval_batch_size, device=device or config.device)
+                             batch_size=config.eval_batch_size, device=device or config.device,
+                             precision=precision or config.multimodel.precision)
     evaluator = build_evaluator(model, data, first, evaluation=evaluation)
     groups = layer_groups(first, config.aggregate.groups, tied=tied_keys(model))
     groups = [g for g in groups if any(first[k].is_floating_point() for k in g.keys)]
     run = RunDir(folder / "multimodel")
-    run.claim(analysis_inputs(model, data, evaluation, config.aggregate.groups, ()),
-              {"federated run": str(folder), "rounds": list(rounds), "max_examples": max_examples}, str(evaluator.device))
+    run.claim(analysis_inputs(model, data, evaluation, config.aggregate.groups, (),
+                              precision=evaluator.precision),
+              {"federated run": str(folder), "rounds": list(rounds), "max_examples": max_examples,
+               "precision": evaluator.precision}, str(evaluator.device))
     records: list[dict] = []
     with run.status_on_error():
         for round_ in rounds:

@@ -21,8 +21,11 @@ from ..train.federated import round_summary
 @click.option("--address", default=None, metavar="HOST:PORT",
               help="--executor ray: a running Ray cluster's address [default: start a local Ray "
                    "instance].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Autocast dtype of the multi-model barriers' forward passes (the config's "
+                   "multimodel.precision) [default: fp32]; training is always fp32.")
 def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None,
-                     executor: str | None, address: str | None) -> None:
+                     executor: str | None, address: str | None, precision: str | None) -> None:
     """Simulate federated training from a YAML CONFIG: K clients, local training, averaging
     of all layers or only some of them each round, personalized evaluation.
 
@@ -40,6 +43,7 @@ def federate_command(config: Path, overrides: tuple[str, ...], out: Path | None,
     # the flags are config keys too (setting no weight depends on), so a resume may change them
     flags = [f"executor={executor}"] if executor else []
     flags += [f"address={address}"] if address else []
+    flags += [f"multimodel.precision={precision}"] if precision else []
     settings = load_config(FederatedConfig, config, [*overrides, *flags])
     folder = federate(settings, out)
     clients = pd.read_csv(folder / "clients.csv")
