@@ -95,7 +95,7 @@ def barriers(
             "seed": evaluation.seed, "extrapolate": paths.extrapolate, "bn": evaluation.bn,
             "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
             "bn_split": evaluation.bn_split, "evaluator": evaluation.evaluator,
-            "precision": evaluation.precision,
+            "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
         }
         run.claim(inputs, settings, str(chosen.device))
     with run.status_on_error() if run is not None else contextlib.nullcontext():

@@ -491,6 +491,7 @@ def robustness(
                 "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
                 "bn_split": evaluation.bn_split,
                 "evaluator": evaluator.kind, "precision": evaluator.precision,
+                "loss_mean": evaluation.loss_mean,
             }
             run.claim(inputs, settings, str(evaluator.device))
         # what each step's records were computed from (claim rewrote run.json): a checkpoint

@@ -329,7 +329,7 @@ def subspace(
             "coefficients": coefficients, "renormalise": renormalise,
             "splits": list(evaluator.splits), "max_examples": evaluation.max_examples,
             "batch_size": evaluation.batch_size, "device": evaluation.device, "seed": seed,
-            "precision": evaluation.precision,
+            "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
             "max_memory": max_memory,
             "step": step, "unit": unit, "snapshots": len(snapshots or []),
         }

@@ -160,7 +160,7 @@ def trajectory(
             "max_examples": evaluation.max_examples, "bn": evaluation.bn,
             "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
             "bn_split": evaluation.bn_split, "evaluator": evaluator.kind,
-            "precision": evaluator.precision,
+            "precision": evaluator.precision, "loss_mean": evaluation.loss_mean,
         }
         run.claim(inputs, settings, str(evaluator.device))
         # what each step's records were computed from: a checkpoint replaced later must not be

@@ -14,7 +14,7 @@ from ..core.plan import PathOptions
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
 from ..evaluate.options import EvalOptions
-from ..evaluate.plain import PRECISIONS
+from ..evaluate.plain import LOSS_MEANS, PRECISIONS
 from .source import UNITS, split_list
 
 
@@ -123,6 +123,11 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
                           "changed group feeds), vmap (many small models at once) or auto. The "
                           "numbers are the same; see docs/evaluators.md."),
         precision_option,
+        click.option("--loss-mean", type=click.Choice(list(LOSS_MEANS)), default="example",
+                     show_default=True,
+                     help="How a split's loss is averaged: per example, or as the mean of "
+                          "per-batch means of --batch-size examples (the paper's code, at "
+                          "--batch-size 256). They differ only when the last batch is short."),
         click.option("--plots/--no-plots", default=True, show_default=True),
     )
 
@@ -194,7 +199,7 @@ def study_evaluation(options: dict) -> EvalOptions:
         batch_size=options["batch_size"], device=options["device"], seed=options["seed"],
         bn=options["bn"], bn_batches=options["bn_batches"], bn_batch_size=options["bn_batch_size"],
         bn_split=options["bn_split"], evaluator=options["evaluator"],
-        precision=options["precision"],
+        precision=options["precision"], loss_mean=options["loss_mean"],
     )
 
 

@@ -40,7 +40,7 @@ def check_evaluator(kind: str) -> str:
 def make_evaluator(kind: str, model: torch.nn.Module, splits: Mapping[str, Split],
                    batch_size: int = 1024, *, chunk: int = 16, **kwargs) -> Evaluator:
     """The evaluator named ``kind`` (:data:`EVALUATORS`); ``kwargs`` are the BatchNorm
-    arguments and the ``precision`` of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs
+    arguments, the ``precision`` and the ``loss_mean`` of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs
     at once."""
     check_evaluator(kind)
     if kind == "plain":
@@ -65,11 +65,12 @@ class EvaluatorSpec:
     bn_batches: Sequence[torch.Tensor] = ()
     bn_source: str = ""
     precision: str = "fp32"
+    loss_mean: str = "example"
 
     def build(self) -> Evaluator:
         return make_evaluator(self.kind, self.model, self.splits, self.batch_size, bn=self.bn,
                               bn_batches=self.bn_batches, bn_source=self.bn_source,
-                              precision=self.precision)
+                              precision=self.precision, loss_mean=self.loss_mean)
 
     def to(self, device: torch.device | str) -> EvaluatorSpec:
         """A copy on ``device`` (the model and tensors; CPU to ship it to workers)."""

@@ -257,7 +257,7 @@ class IncrementalEvaluator(Evaluator):
         base = jobs[0].base
         plans = [self._plan(frozenset(job.changed)) for job in jobs]
         keep = set().union(*(plan.frontier for plan in plans))
-        totals = [[0.0, 0, 0] for _ in jobs]
+        totals = self._totals(len(jobs))
         for start in range(0, len(data), self.batch_size):
             inputs = data.inputs[start : start + self.batch_size]
             labels = data.labels[start : start + self.batch_size]
@@ -272,7 +272,7 @@ class IncrementalEvaluator(Evaluator):
                 raise
             del cache
             self._add_scores(totals, outputs, data, labels)
-        return [Metrics(loss / count, correct / count, count) for loss, correct, count in totals]
+        return [self._metrics(total) for total in totals]
 
 
 class _Overlay(dict):

@@ -15,7 +15,7 @@ from ..core.records import data_digest, short_hash
 from .auto import EvaluatorSpec, check_evaluator
 from .batchnorm import batchnorm_modules, check_policy
 from .data import prepare_splits, resolve_device, statistics_batches
-from .plain import Evaluator, check_precision
+from .plain import Evaluator, check_loss_mean, check_precision
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,10 @@ class EvalOptions:
     ``bn_batches`` batches of ``bn_batch_size`` (default ``batch_size``) examples of
     ``bn_split`` for ``recompute``; ``evaluator``: ``plain``, ``incremental``, ``vmap`` or
     ``auto`` (the same numbers, docs/evaluators.md); ``precision``: the autocast dtype of
-    every forward pass (``fp32``: none; ``bf16`` and ``fp16`` change the numbers).
+    every forward pass (``fp32``: none; ``bf16`` and ``fp16`` change the numbers);
+    ``loss_mean``: ``example`` (the mean cross-entropy per example) or ``batch`` (the mean of
+    per-batch means of ``batch_size`` examples: the paper's code, at batch 256;
+    :data:`~layerlmc.evaluate.plain.LOSS_MEANS`).
     """
 
     splits: Sequence[str] | None = None
@@ -43,6 +46,7 @@ class EvalOptions:
     bn_split: str = "train"
     evaluator: str = "plain"
     precision: str = "fp32"
+    loss_mean: str = "example"
 
 
 @flat_options
@@ -58,6 +62,7 @@ def build_evaluator(model: torch.nn.Module, data: Mapping[str, object], state: S
     check_policy(evaluation.bn)
     check_evaluator(evaluation.evaluator)
     check_precision(evaluation.precision)
+    check_loss_mean(evaluation.loss_mean)
     target = resolve_device(evaluation.device)
     prepared = prepare_splits(data, as_list(evaluation.splits) or None, evaluation.max_examples,
                               evaluation.seed, target)
@@ -68,7 +73,8 @@ def build_evaluator(model: torch.nn.Module, data: Mapping[str, object], state: S
                                      evaluation.seed, target)
     source = f"split '{evaluation.bn_split}' (seed {evaluation.seed})"
     spec = EvaluatorSpec(evaluation.evaluator, model.to(target), prepared, evaluation.batch_size,
-                         evaluation.bn, batches, source, evaluation.precision)
+                         evaluation.bn, batches, source, evaluation.precision,
+                         evaluation.loss_mean)
     chosen = spec.build()
     chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
     chosen.check({k: v.to(target) for k, v in state.items()})
@@ -85,7 +91,9 @@ def analysis_inputs(
     ``batchnorm`` is the evaluator's :attr:`~layerlmc.evaluate.Evaluator.bn_summary`
     (default: the ``interpolate`` policy); ``precision`` its
     :attr:`~layerlmc.evaluate.Evaluator.precision` (a folder written before precision was
-    recorded counts as ``fp32``: :data:`~layerlmc.core.records.INPUT_DEFAULTS`).
+    recorded counts as ``fp32``: :data:`~layerlmc.core.records.INPUT_DEFAULTS`). The loss mean
+    is one too, with the batch size when losses are means of batch means (a folder written
+    before it was recorded holds per-example means).
     """
     if batchnorm is None:
         batchnorm = "interpolate" if batchnorm_modules(model) else "no BatchNorm"
@@ -97,4 +105,6 @@ def analysis_inputs(
         "grouping": f"{groups} {list(patterns)}" if patterns else groups,
         "BatchNorm policy": batchnorm,
         "precision": precision,
+        "loss mean": ("example" if evaluation.loss_mean == "example"
+                      else f"batch means of {evaluation.batch_size}"),
     }

@@ -33,6 +33,20 @@ log = logging.getLogger("layerlmc")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+#: How a split's loss is averaged: ``example``, the mean cross-entropy per example (per label
+#: element); ``batch``, the mean of the per-batch means of ``batch_size`` examples, as the
+#: paper's code computes it (``total_loss / n_batches`` at batch 256). They differ only when the
+#: last batch is short. Accuracy is per example either way.
+LOSS_MEANS = ("example", "batch")
+
+
+def check_loss_mean(loss_mean: str) -> str:
+    if loss_mean not in LOSS_MEANS:
+        raise LayerLMCError(f"unknown loss mean '{loss_mean}'{did_you_mean(str(loss_mean), LOSS_MEANS)}; "
+                            f"choose one of {', '.join(LOSS_MEANS)}")
+    return loss_mean
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         close = did_you_mean(str(precision), PRECISIONS)
@@ -155,6 +169,7 @@ class Evaluator:
         bn_batches: Sequence[torch.Tensor] = (),
         bn_source: str = "",
         precision: str = "fp32",
+        loss_mean: str = "example",
     ):
         if batch_size < 1:
             raise LayerLMCError(f"batch size must be positive, got {batch_size}")
@@ -166,6 +181,7 @@ class Evaluator:
         self.device = first.labels.device if first is not None else torch.device("cpu")
         self.batch_size = batch_size
         self.precision = check_precision(precision)
+        self.loss_mean = check_loss_mean(loss_mean)
         self._autocast = precision_context(precision, self.device)
         self._checked: set[str] = set()
         self.bn = check_policy(bn)
@@ -203,9 +219,7 @@ class Evaluator:
     def evaluate(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
         data = self.splits[split]
         state = self.prepare(state)
-        total_loss = 0.0
-        correct = 0
-        count = 0
+        totals = self._totals(1)
         # batch statistics normalise, and nothing is tracked: the stored buffers stay as they are
         batch_stats = self.bn == "batch-stats" and self.bn_modules
         mode = batchnorm_mode(self.bn_modules, track=False) if batch_stats else nullcontext()
@@ -214,13 +228,8 @@ class Evaluator:
                 inputs = data.inputs[start : start + self.batch_size]
                 labels = data.labels[start : start + self.batch_size]
                 logits = self._forward(state, inputs, split)
-                if split not in self._checked:
-                    self._check_labels(split, logits, data.labels)
-                loss, right, n = score(logits, labels)
-                total_loss += loss
-                correct += right
-                count += n
-        return Metrics(total_loss / count, correct / count, count)
+                self._add_scores(totals, [logits], data, labels)
+        return self._metrics(totals[0])
 
     @in_precision
     def evaluate_many(self, jobs: Sequence[Job], split: str) -> list[Metrics]:
@@ -258,6 +267,11 @@ class Evaluator:
             raise LayerLMCError(f"the model returned a {type(logits).__name__}, not a tensor of logits")
         return logits
 
+    @staticmethod
+    def _totals(jobs: int) -> list[list]:
+        """Running totals of each job: summed loss, correct, count, summed batch means, batches."""
+        return [[0.0, 0, 0, 0.0, 0] for _ in range(jobs)]
+
     def _add_scores(self, totals: list[list], outputs, data: Split, labels: torch.Tensor) -> None:
         """Add one batch's :func:`score` of each job's logits to that job's running totals."""
         for total, logits in zip(totals, outputs):
@@ -267,6 +281,13 @@ class Evaluator:
             total[0] += loss
             total[1] += correct
             total[2] += count
+            total[3] += loss / count
+            total[4] += 1
+
+    def _metrics(self, total: list) -> Metrics:
+        """A job's metrics from its totals, its loss averaged as :attr:`loss_mean` says."""
+        loss = total[0] / total[2] if self.loss_mean == "example" else total[3] / total[4]
+        return Metrics(loss, total[1] / total[2], total[2])
 
     def _check_labels(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.ndim < 2:

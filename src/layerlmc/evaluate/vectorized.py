@@ -77,7 +77,7 @@ class VectorizedEvaluator(Evaluator):
             return functional_call(self.model, (params, shared), (inputs,))
 
         batched = vmap(forward, in_dims=(0, None))
-        totals = [[0.0, 0, 0] for _ in jobs]
+        totals = self._totals(len(jobs))
         for start in range(0, len(data), self.batch_size):
             inputs = data.inputs[start : start + self.batch_size]
             labels = data.labels[start : start + self.batch_size]
@@ -86,4 +86,4 @@ class VectorizedEvaluator(Evaluator):
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 logits = batched(stacked, inputs)
             self._add_scores(totals, logits.unbind(0), data, labels)
-        return [Metrics(loss / count, correct / count, count) for loss, correct, count in totals]
+        return [self._metrics(total) for total in totals]
