@@ -101,12 +101,10 @@ def plot_trajectory(
                              f"({definition}, reference {reference})")
                     name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
                     pending.append((table, split, metric, title, out / name, False))
-        scales = {
-            (split, metric): colour_scale(
-                [t for tables, s, m, *_ in pending if (s, m) == (split, metric)
-                 for t in tables.values()], metric)
-            for _, split, metric, *_ in pending
-        }
+        compared: dict[tuple[str, str], list[pd.DataFrame]] = {}
+        for tables, split, metric, *_ in pending:
+            compared.setdefault((split, metric), []).extend(tables.values())
+        scales = {key: colour_scale(tables, key[1]) for key, tables in compared.items()}
         for table, split, metric, title, stem, layerwise in pending:
             files += _heatmaps(table, metric, unit, title, stem, dpi,
                                scale=scales[(split, metric)], mark_largest=layerwise)
