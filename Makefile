@@ -7,8 +7,8 @@ install:
 quickstart: install
 	.venv/bin/layerlmc quickstart
 
-test: install
-	.venv/bin/python -m pytest tests
+test:
+	./scripts/install.sh --test && .venv/bin/python -m pytest tests
 
 # the standard-sweep benchmark (bench/sweep.py): ~10-15 minutes on 2 cores; writes docs/benchmarks.md
 bench: install

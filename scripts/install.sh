@@ -2,7 +2,8 @@
 # Installs everything layerlmc needs on a fresh Debian machine with Python 3.11:
 # Debian's Fashion-MNIST and Jargon File packages, a virtual environment in .venv, the CPU build of
 # torch 2.13.0 and layerlmc itself (editable, with the test tools, the Hugging Face and Ray extras).
-# Safe to rerun.
+# `install.sh --test` also installs what only the tests use: Debian's chromium, in which the report
+# page's test renders it headless. Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,12 @@ debian_packages=()
 [ -f /usr/share/doc/jargon-text/jargon.txt.gz ] || debian_packages+=(jargon-text)
 # Debian's own python3 needs python3-venv to make virtual environments
 "$PYTHON" -c "import ensurepip" 2>/dev/null || debian_packages+=(python3-venv)
+if [ "${1:-}" = "--test" ]; then
+    command -v chromium >/dev/null 2>&1 || debian_packages+=(chromium)
+elif [ -n "${1:-}" ]; then
+    echo "install.sh: unknown option $1 (the only one is --test)" >&2
+    exit 2
+fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         $SUDO apt-get update -qq

@@ -37,6 +37,10 @@ def test_quickstart_end_to_end(tiny_fmnist, tmp_path, capsys):
     printed = capsys.readouterr().out
     for row in ("full", "conv1", "head", "shallow +conv2", "deep +fc1"):
         assert row in printed
+    # it ends with the path of its report page: the training curves and the barriers together
+    assert printed.strip().splitlines()[-1].startswith(f"report:   {out / 'report.html'}")
+    page = (out / "report.html").read_text()
+    assert "training: loss of each model" in page and "single-group barriers" in page
     assert (out / "checkpoints" / "a" / "epoch_0000.safetensors").is_file()
     assert (out / "checkpoints" / "b" / "epoch_0001.safetensors").is_file()
     init_a = fm_state(out / "checkpoints" / "a" / "epoch_0000.safetensors")

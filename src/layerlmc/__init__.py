@@ -6,7 +6,7 @@ The public API::
     table = layerlmc.barriers(model, "a.safetensors", "b.safetensors", {"test": (x, y)})
 
 What to evaluate and which paths travel as :class:`EvalOptions` and :class:`PathOptions`
-(or their fields as keywords). Analyses over training and beyond the a–b line: :func:`trajectory`, :func:`robustness`,
+(or their fields as keywords); :func:`report` writes a run folder's HTML page. Analyses over training and beyond the a–b line: :func:`trajectory`, :func:`robustness`,
 :func:`subspace`; federated simulation: :func:`federate`, :func:`aggregate`, :func:`partition`;
 deep linear networks: :func:`deep_linear_study` and ``layerlmc.analyses.theory``.
 
@@ -17,7 +17,7 @@ The layers of the package, from the bottom up (docs/design.md): ``core`` → ``e
 from . import hf as _hf  # noqa: F401  (registers the Hugging Face folder loader)
 from ._compat import install as _install_compat
 from ._version import __version__  # noqa: F401
-from .api import barriers, deep_linear_study, federate, robustness, subspace, trajectory
+from .api import barriers, deep_linear_study, federate, report, robustness, subspace, trajectory
 from .core.averaging import aggregate
 from .core.barriers import compute_barriers, summary_table
 from .core.checkpoints import check_pair, load_state_dict, save_state_dict
@@ -70,6 +70,7 @@ __all__ = [
     "parse_alphas",
     "partition",
     "plan_paths",
+    "report",
     "robustness",
     "save_state_dict",
     "subspace",

@@ -119,5 +119,13 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
     return folder
 
 
-__all__ = ["barriers", "deep_linear_study", "federate", "robustness", "subspace", "trajectory",
-           "with_figures"]
+def report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report page of a run folder from its records alone (default
+    ``folder/report.html``) and return its path; see :mod:`layerlmc.plots.report`."""
+    from .plots.report import write_report
+
+    return write_report(folder, out)
+
+
+__all__ = ["barriers", "deep_linear_study", "federate", "report", "robustness", "subspace",
+           "trajectory", "with_figures"]

@@ -13,6 +13,7 @@ from .barriers import barriers_command, groups_command
 from .federate import federate_command
 from .ls import ls_command
 from .quickstart import quickstart_command
+from .report import report_command
 from .reproduce import reproduce_command
 from .robustness import robustness_command
 from .subspace import subspace_command
@@ -35,6 +36,7 @@ cli.add_command(train_command)
 cli.add_command(trajectory_command)
 cli.add_command(federate_command)
 cli.add_command(plot_command)
+cli.add_command(report_command)
 cli.add_command(robustness_command)
 cli.add_command(subspace_command)
 cli.add_command(reproduce_command)

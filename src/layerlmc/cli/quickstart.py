@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from ..api import report as write_report
 from ..recipes.quickstart import run_quickstart
 from .barriers import report
 
@@ -19,3 +20,5 @@ def quickstart_command(out: Path, epochs: int, max_examples: int, device: str) -
     show their full-network, layer-wise and cumulative barriers."""
     table, analysis = run_quickstart(out, epochs=epochs, max_examples=max_examples, device=device)
     report(table, analysis, ["midpoint"], ["models"])
+    # the training run's page shows its training curves and this analysis together
+    click.echo(f"report:   {write_report(analysis.parent)}  (open it in a browser)")

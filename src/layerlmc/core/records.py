@@ -175,25 +175,7 @@ class RunDir:
         """
         if not self.points_file.exists():
             return []
-        records, good, bad = [], [], []
-        try:
-            with open(self.points_file, "rb") as handle:
-                lines = handle.readlines()
-        except OSError as err:
-            raise LayerLMCError(f"cannot read {self.points_file}: {_reason(err)}") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                # damaged bytes may not even be UTF-8, or nest absurdly deep
-                record = json.loads(line.decode("utf-8"))
-                if not isinstance(record, dict) or "loss" not in record or not line.endswith(b"\n"):
-                    raise ValueError
-            except (ValueError, RecursionError):
-                bad.append((number, line))
-                continue
-            records.append(record)
-            good.append(line)
+        records, good, bad = _scan_jsonl(self.points_file)
         if bad and repair:
             for number, _ in bad:
                 log.warning("%s line %d is not a complete record; it will be recomputed", self.points_file, number)
@@ -224,6 +206,37 @@ class RunDir:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise LayerLMCError(f"cannot write {path}: {_reason(err)}") from None
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, bytes]]]:
+    """The complete records of a JSON Lines file, and the (line number, bytes) of the lines that
+    are not one (a torn last line of a killed writer, damaged bytes). Reads only."""
+    records, _, bad = _scan_jsonl(path)
+    return records, bad
+
+
+def _scan_jsonl(path: Path) -> tuple[list[dict], list[bytes], list[tuple[int, bytes]]]:
+    """Records, the lines that hold them, and the other non-blank lines with their numbers."""
+    records, good, bad = [], [], []
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+    except OSError as err:
+        raise LayerLMCError(f"cannot read {path}: {_reason(err)}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            # damaged bytes may not even be UTF-8, or nest absurdly deep
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict) or "loss" not in record or not line.endswith(b"\n"):
+                raise ValueError
+        except (ValueError, RecursionError):
+            bad.append((number, line))
+            continue
+        records.append(record)
+        good.append(line)
+    return records, good, bad
 
 
 def append_jsonl(path: Path, records: Iterable[Mapping]) -> None:

@@ -64,53 +64,77 @@ def plot_trajectory(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    chosen = _chosen(barriers, definition, reference)
-    # (tables, split, metric, title, stem, layer-wise?) of every heatmap, drawn below on one
-    # colour scale per split and metric: the layer-wise and cumulative figures are compared
-    pending: list[tuple[dict, str, str, str, Path, bool]] = []
-    if not chosen.empty:
-        unit = unit_of(chosen)
-        splits = list(dict.fromkeys(chosen["split"]))
-        groups = chosen[chosen["kind"] == "group"]
-        full = chosen[chosen["kind"] == "full"]
-        cumulative = chosen[chosen["kind"] == "cumulative"]
-        for split in splits:
-            for metric in METRICS:
-                layer_rows = _select(groups, split, metric)
-                if layer_rows.empty:
-                    continue
-                table = {
-                    f"interpolated into {base}": _layer_table(_select(full, split, metric),
-                                                              layer_rows[layer_rows["base"] == base])
-                    for base in BASES
-                }
-                title = (f"{split} {metric}: layer-wise barriers "
-                         f"({definition}, reference {reference})")
-                pending.append((table, split, metric, title,
-                                out / f"layerwise_{file_name(split)}_{metric}", True))
-        orders = list(dict.fromkeys(cumulative["order"].dropna()))
-        for order in orders:
-            of_order = cumulative[cumulative["order"] == order]
-            for split in splits:
-                for metric in METRICS:
-                    rows = _select(of_order, split, metric)
-                    if rows.empty:
-                        continue
-                    table = {f"interpolated into {base}": _prefix_table(rows, base) for base in BASES}
-                    title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
-                             f"({definition}, reference {reference})")
-                    name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
-                    pending.append((table, split, metric, title, out / name, False))
-        compared: dict[tuple[str, str], list[pd.DataFrame]] = {}
-        for tables, split, metric, *_ in pending:
-            compared.setdefault((split, metric), []).extend(tables.values())
-        scales = {key: colour_scale(tables, key[1]) for key, tables in compared.items()}
-        for table, split, metric, title, stem, layerwise in pending:
-            files += _heatmaps(table, metric, unit, title, stem, dpi,
-                               scale=scales[(split, metric)], mark_largest=layerwise)
+    for spec in heatmap_specs(barriers, definition, reference):
+        files += _heatmaps(spec.panels, spec.metric, spec.unit, spec.title, out / spec.name, dpi,
+                           scale=spec.scale, mark_largest=spec.layerwise)
     if distances is not None and not distances.empty:
         files += plot_distances(distances, out, dpi=dpi)
     return files
+
+
+@dataclass(frozen=True)
+class HeatmapSpec:
+    """One heatmap figure of a trajectory: its panels (title → rows × steps), named for its file.
+
+    The PNG figures and the interactive report draw the same specs, so both show the same cells
+    on the same colour scale.
+    """
+
+    panels: dict[str, pd.DataFrame]
+    split: str
+    metric: str
+    unit: str
+    title: str
+    name: str
+    layerwise: bool
+    scale: ColourScale
+
+
+def heatmap_specs(barriers: pd.DataFrame, definition: str = "midpoint",
+                  reference: str = "models") -> list[HeatmapSpec]:
+    """The layer-wise and cumulative heatmaps that the rows of ``barriers`` support, each on the
+    colour scale of its split and metric (the layer-wise and cumulative figures are compared)."""
+    chosen = _chosen(barriers, definition, reference)
+    if chosen.empty:
+        return []
+    unit = unit_of(chosen)
+    splits = list(dict.fromkeys(chosen["split"]))
+    groups = chosen[chosen["kind"] == "group"]
+    full = chosen[chosen["kind"] == "full"]
+    cumulative = chosen[chosen["kind"] == "cumulative"]
+    # (panels, split, metric, title, name, layer-wise?), given their scales below
+    pending: list[tuple[dict, str, str, str, str, bool]] = []
+    for split in splits:
+        for metric in METRICS:
+            layer_rows = _select(groups, split, metric)
+            if layer_rows.empty:
+                continue
+            panels = {
+                f"interpolated into {base}": _layer_table(_select(full, split, metric),
+                                                          layer_rows[layer_rows["base"] == base])
+                for base in BASES
+            }
+            title = f"{split} {metric}: layer-wise barriers ({definition}, reference {reference})"
+            pending.append((_merge(panels), split, metric, title,
+                            f"layerwise_{file_name(split)}_{metric}", True))
+    for order in dict.fromkeys(cumulative["order"].dropna()):
+        of_order = cumulative[cumulative["order"] == order]
+        for split in splits:
+            for metric in METRICS:
+                rows = _select(of_order, split, metric)
+                if rows.empty:
+                    continue
+                panels = {f"interpolated into {base}": _prefix_table(rows, base) for base in BASES}
+                title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
+                         f"({definition}, reference {reference})")
+                name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
+                pending.append((_merge(panels), split, metric, title, name, False))
+    compared: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for panels, split, metric, *_ in pending:
+        compared.setdefault((split, metric), []).extend(panels.values())
+    scales = {key: colour_scale(tables, key[1]) for key, tables in compared.items()}
+    return [HeatmapSpec(panels, split, metric, unit, title, name, layerwise, scales[(split, metric)])
+            for panels, split, metric, title, name, layerwise in pending]
 
 
 def plot_distances(distances: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[Path]:
