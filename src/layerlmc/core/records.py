@@ -208,14 +208,15 @@ class RunDir:
             raise LayerLMCError(f"cannot write {path}: {_reason(err)}") from None
 
 
-def read_jsonl(path: Path) -> tuple[list[dict], list[tuple[int, bytes]]]:
+def read_jsonl(path: Path, required: str | None = "loss") -> tuple[list[dict], list[tuple[int, bytes]]]:
     """The complete records of a JSON Lines file, and the (line number, bytes) of the lines that
-    are not one (a torn last line of a killed writer, damaged bytes). Reads only."""
-    records, _, bad = _scan_jsonl(path)
+    are not one (a torn last line of a killed writer, damaged bytes). A record is a whole line
+    holding an object with the field ``required`` (any object when None). Reads only."""
+    records, _, bad = _scan_jsonl(path, required)
     return records, bad
 
 
-def _scan_jsonl(path: Path) -> tuple[list[dict], list[bytes], list[tuple[int, bytes]]]:
+def _scan_jsonl(path: Path, required: str | None = "loss") -> tuple[list[dict], list[bytes], list[tuple[int, bytes]]]:
     """Records, the lines that hold them, and the other non-blank lines with their numbers."""
     records, good, bad = [], [], []
     try:
@@ -229,7 +230,8 @@ def _scan_jsonl(path: Path) -> tuple[list[dict], list[bytes], list[tuple[int, by
         try:
             # damaged bytes may not even be UTF-8, or nest absurdly deep
             record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict) or "loss" not in record or not line.endswith(b"\n"):
+            complete = isinstance(record, dict) and (required is None or required in record)
+            if not complete or not line.endswith(b"\n"):
                 raise ValueError
         except (ValueError, RecursionError):
             bad.append((number, line))

@@ -82,8 +82,10 @@ def read_run_folder(folder: str | Path) -> RunRecords:
         raise LayerLMCError(f"{folder} is not a layerlmc run folder: expected run.json, points.jsonl or "
                             f"barriers.csv (an analysis), or history.jsonl (a training run)")
     records = RunRecords(folder, kind="")
-    records.run = _read_json(folder / "run.json", records.notes)
-    records.config = _read_yaml(folder / "config.yaml", records.notes)
+    records.run = _read_mapping(folder / "run.json", json.loads, (json.JSONDecodeError,),
+                                "inputs and status are unknown", records.notes)
+    records.config = _read_mapping(folder / "config.yaml", yaml.safe_load, (yaml.YAMLError,),
+                                   "the settings are not shown", records.notes)
     if (folder / "points.jsonl").is_file():
         points, bad = read_jsonl(folder / "points.jsonl")
         records.points = pd.DataFrame(points)
@@ -93,10 +95,10 @@ def read_run_folder(folder: str | Path) -> RunRecords:
                                  f"{'are' if len(bad) != 1 else 'is'} not a complete record skipped "
                                  f"(line {lines}); the page shows the {len(points)} complete records")
     if (folder / "history.jsonl").is_file():
-        history, bad = _read_history(folder / "history.jsonl")
-        records.history = history
+        history, bad = read_jsonl(folder / "history.jsonl", required=None)
+        records.history = pd.DataFrame(history)
         if bad:
-            records.notes.append(f"history.jsonl: {bad} damaged line{'s' * (bad != 1)} skipped")
+            records.notes.append(f"history.jsonl: {len(bad)} damaged line{'s' * (len(bad) != 1)} skipped")
     for name, (file, columns) in TABLES.items():
         table = _read_table(folder / file, columns, records.notes)
         if table is not None:
@@ -255,41 +257,17 @@ def _chosen_definition(barriers: pd.DataFrame | None) -> tuple[str, str]:
 # -- reading, tolerant of damage ----------------------------------------------------------------
 
 
-def _read_json(path: Path, notes: list[str]) -> dict | None:
+def _read_mapping(path: Path, parse, errors: tuple, unknown: str, notes: list[str]) -> dict | None:
+    """``run.json`` or ``config.yaml``; a damaged one is named in ``notes`` (saying what is
+    ``unknown`` then) instead of failing the page."""
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = parse(path.read_text(encoding="utf-8"))
         return value if isinstance(value, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        notes.append(f"{path.name} could not be read ({type(err).__name__}): inputs and status are unknown")
+    except (OSError, UnicodeDecodeError, *errors) as err:
+        notes.append(f"{path.name} could not be read ({type(err).__name__}): {unknown}")
         return None
-
-
-def _read_yaml(path: Path, notes: list[str]) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return value if isinstance(value, dict) else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        notes.append(f"{path.name} could not be read ({type(err).__name__}): the settings are not shown")
-        return None
-
-
-def _read_history(path: Path) -> tuple[pd.DataFrame, int]:
-    rows, bad = [], 0
-    for line in path.read_bytes().splitlines(keepends=True):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-            if not isinstance(row, dict) or not line.endswith(b"\n"):
-                raise ValueError
-            rows.append(row)
-        except (ValueError, RecursionError):
-            bad += 1
-    return pd.DataFrame(rows), bad
 
 
 def _read_table(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame | None:
