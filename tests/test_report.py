@@ -145,7 +145,7 @@ def test_tables_of_other_studies_are_drawn(tmp_path):
     (fed / "multimodel").mkdir(parents=True)
     (fed / "history.jsonl").write_text("".join(
         f'{{"round": {r}, "model": "client_00", "split": "local_test", "loss": {1 / (r + 1)}, '
-        f'"accuracy": 0.5, "n": 10}}\n' for r in range(3)))
+        f'"accuracy": 0.5, "n": 10}}\n' for r in range(3)) + '{"round": 3, "mod')
     pd.DataFrame({"client": [0, 1], "name": ["client_00", "client_01"]}).to_csv(fed / "clients.csv", index=False)
     mm = [{"step": r, "unit": "round", "kind": k, "group": g, "group_index": i, "base": None, "order": None,
            "split": "test", "metric": m, "definition": "average", "reference": "clients",
@@ -154,6 +154,7 @@ def test_tables_of_other_studies_are_drawn(tmp_path):
     pd.DataFrame(mm).to_csv(fed / "multimodel" / "multimodel.csv", index=False)
     page = write_report(fed).read_text()
     assert "training: loss of each model" in page and "barrier of the clients" in page
+    assert "history.jsonl: 1 damaged line skipped" in page
     assert [c.kind for c in read_run_folder(fed).children] == ["multimodel"]
 
 
