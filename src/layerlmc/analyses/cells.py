@@ -173,5 +173,30 @@ def evaluate_cells(
     return ordered
 
 
+def evaluate_steps(
+    executor: Executor,
+    evaluator: Evaluator,
+    steps: Iterable[tuple[int | None, StateDict, StateDict]],
+    paths: Sequence[Path],
+    *,
+    run: RunDir | None,
+    unit: str | None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Every record of the endpoints and of ``paths`` at every ``(step, a, b)`` of ``steps``
+    (one pair is one step of null ``step``): on the executor named ``local`` in one
+    :func:`~layerlmc.evaluate.points.evaluate_paths` loop per step, where identical states are
+    shared across paths; on any other as cells, one per path."""
+    if executor.name == "local":
+        records: list[dict] = []
+        for step, a, b in steps:
+            records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
+                                      progress=progress)
+        return records
+    cells = [PathWork((path,)) for path in paths]
+    return evaluate_cells(executor, evaluator, steps, lambda step: cells, run=run, unit=unit,
+                          progress=progress)
+
+
 def _cpu(state: StateDict) -> StateDict:
     return {k: v.detach().cpu() for k, v in state.items()}
