@@ -445,10 +445,7 @@ def _evaluate(
     with bar:
         finish([{**r, **_metrics(evaluator.evaluate(states[r["base"]], r["split"]))}
                 for r in missing if r["kind"] == "endpoint"])
-        by_target: dict[tuple, list[dict]] = {}
-        for r in missing:
-            if r["kind"] == "direction":
-                by_target.setdefault((r["group"], r["group_index"]), []).append(r)
+        by_target = _by_target(missing)
         difference = _flatten(state_a, parameter_keys) - _flatten(state_b, parameter_keys)
         skip = _warn_once()
         basis_of = _span_bases(sources, parameter_keys, difference.numel(), max_memory,
@@ -484,10 +481,7 @@ def _evaluate_cells(
     for record in plan:
         record.update(step=step, unit=unit)
     stored = {point_key(r) for r in run.read_points()} if run is not None else set()
-    by_target: dict[tuple, list[dict]] = {}
-    for r in plan:
-        if r["kind"] == "direction":
-            by_target.setdefault((r["group"], r["group_index"]), []).append(r)
+    by_target = _by_target(plan)
     difference = _flatten(state_a, parameter_keys) - _flatten(state_b, parameter_keys)
     skip = _warn_once()
     basis_of = _span_bases(sources, parameter_keys, difference.numel(), max_memory,
@@ -574,6 +568,15 @@ class DrawWork:
                                          self.direction, self.sigma, sample, points, self.seed,
                                          self.coefficients, self.renormalise, skip) or []
         return records
+
+
+def _by_target(records: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """The ``direction`` records of each target, keyed by (name, index)."""
+    by_target: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["kind"] == "direction":
+            by_target.setdefault((r["group"], r["group_index"]), []).append(r)
+    return by_target
 
 
 def _warn_once():
