@@ -2,8 +2,9 @@
 
 The local executor evaluates a step's points in one loop (:func:`layerlmc.evaluate.points.evaluate_paths`),
 where identical states are shared across paths. On a cluster the same points are cut into
-cells: per step, one cell for the two endpoints, then one per path (or per random-direction
-family), each given the endpoints' records. The evaluator's specification is shared once per
+cells: per step (one pair is one step of null ``step``), one cell for the two endpoints, then
+one per path (or per random-direction family, or per subspace target, direction and σ), each
+given the endpoints' records. The evaluator's specification is shared once per
 analysis and each step's endpoint weights once per step; a cell carries only handles to them.
 
 The driver is the only writer: it appends a finished cell's new records to ``points.jsonl``
