@@ -24,6 +24,7 @@ from layerlmc.train import federated
 
 from .test_cli import _fails
 from .test_federated import fed_config  # noqa: F401 - a fixture
+from .test_subspace import trained  # noqa: F401 - a fixture
 
 ray = pytest.importorskip("ray")
 
@@ -185,8 +186,8 @@ def test_federated_clients_train_on_ray_to_the_same_weights(fed_config, ray_exec
     assert (local / "history.jsonl").read_text() == (on_ray / "history.jsonl").read_text()
 
 
-def _cli_args(root) -> list[str]:
-    """``layerlmc trajectory`` on the pair_steps folders, with a data file of its own."""
+def _model_and_data(root) -> list[str]:
+    """--model and --data of the pair_steps checkpoints, with a data file of its own."""
     (root / "data.py").write_text(
         "import torch\n"
         "def make():\n"
@@ -194,8 +195,13 @@ def _cli_args(root) -> list[str]:
         "    return {'test': (torch.randn(60, 16, generator=g), torch.randint(0, 3, (60,), generator=g))}\n")
     model = ["--model", "mlp", "--model-arg", "in_features=16", "--model-arg", "hidden=[12, 8]",
              "--model-arg", "num_classes=3"]
-    return ["trajectory", str(root / "a"), "--b", str(root / "b"), *model,
-            "--data", f"{root / 'data.py'}:make", "--no-plots", "--every", "3"]
+    return [*model, "--data", f"{root / 'data.py'}:make"]
+
+
+def _cli_args(root) -> list[str]:
+    """``layerlmc trajectory`` on the pair_steps folders."""
+    return ["trajectory", str(root / "a"), "--b", str(root / "b"), *_model_and_data(root),
+            "--no-plots", "--every", "3"]
 
 
 def test_missing_ray_is_one_line_and_claims_no_folder(pair_steps, tmp_path, capsys, monkeypatch):
@@ -230,3 +236,21 @@ def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_execu
     assert _as_set(_records(tmp_path / "ray")) == _as_set(_records(tmp_path / "local"))
     capsys.readouterr()
     _fails(capsys, [*args, "--out", str(tmp_path / "bad"), "--address", "head:6379"], "--executor ray")
+
+
+def test_barriers_and_subspace_commands_on_ray_equal_local(pair_steps, trained, ray_executor,  # noqa: F811
+                                                           tmp_path):
+    root, *_ = pair_steps
+    pair = ["barriers", str(root / "a" / "epoch_0003.safetensors"),
+            str(root / "b" / "epoch_0003.safetensors"), *_model_and_data(root), "--no-plots",
+            "--cumulative", "deep"]
+    noise = ["subspace", str(trained), "--sigma", "0.01:2:3", "--per-layer", "--samples", "2",
+             "--device", "cpu", "--no-plots"]
+    for command, table in ((pair, "barriers.csv"), (noise, "subspace.csv")):
+        for executor in ("ray", "local"):
+            assert main([*command, "--out", str(tmp_path / command[0] / executor),
+                         "--executor", executor]) == 0
+        local, on_ray = tmp_path / command[0] / "local", tmp_path / command[0] / "ray"
+        assert _as_set(_records(on_ray)) == _as_set(_records(local))
+        for name in (table, "config.yaml"):
+            assert (on_ray / name).read_bytes() == (local / name).read_bytes()

@@ -2,8 +2,9 @@
 
 The local executor evaluates a step's points in one loop (:func:`layerlmc.evaluate.points.evaluate_paths`),
 where identical states are shared across paths. On a cluster the same points are cut into
-cells: per step, one cell for the two endpoints, then one per path (or per random-direction
-family), each given the endpoints' records. The evaluator's specification is shared once per
+cells: per step (one pair is one step of null ``step``), one cell for the two endpoints, then
+one per path (or per random-direction family, or per subspace target, direction and σ), each
+given the endpoints' records. The evaluator's specification is shared once per
 analysis and each step's endpoint weights once per step; a cell carries only handles to them.
 
 The driver is the only writer: it appends a finished cell's new records to ``points.jsonl``
@@ -171,6 +172,31 @@ def evaluate_cells(
             # enough steps per block to give every worker a cell, after the first one
             block_size = max(1, math.ceil(window / (1 + len(planned[0][2]))))
     return ordered
+
+
+def evaluate_steps(
+    executor: Executor,
+    evaluator: Evaluator,
+    steps: Iterable[tuple[int | None, StateDict, StateDict]],
+    paths: Sequence[Path],
+    *,
+    run: RunDir | None,
+    unit: str | None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Every record of the endpoints and of ``paths`` at every ``(step, a, b)`` of ``steps``
+    (one pair is one step of null ``step``): on the executor named ``local`` in one
+    :func:`~layerlmc.evaluate.points.evaluate_paths` loop per step, where identical states are
+    shared across paths; on any other as cells, one per path."""
+    if executor.name == "local":
+        records: list[dict] = []
+        for step, a, b in steps:
+            records += evaluate_paths(evaluator, a, b, paths, run=run, step=step, unit=unit,
+                                      progress=progress)
+        return records
+    cells = [PathWork((path,)) for path in paths]
+    return evaluate_cells(executor, evaluator, steps, lambda step: cells, run=run, unit=unit,
+                          progress=progress)
 
 
 def _cpu(state: StateDict) -> StateDict:

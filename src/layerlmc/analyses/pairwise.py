@@ -21,6 +21,8 @@ from ..core.plan import FULL_ALPHAS, PathOptions, plan_paths
 from ..core.records import RunDir
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..evaluate.points import evaluate_paths
+from .cells import evaluate_steps
+from .executors import Executor, using_executor
 
 # the module paths of 0.1 for what moved out of this module
 __all__ = ["analysis_inputs", "barriers", "build_evaluator", "evaluate_paths", "plan_paths",
@@ -36,6 +38,8 @@ def barriers(
     paths: PathOptions = PathOptions(),
     evaluation: EvalOptions = EvalOptions(),
     out: str | FilePath | None = None,
+    executor: str | Executor = "local",
+    address: str | None = None,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> pd.DataFrame:
@@ -67,6 +71,10 @@ def barriers(
     ``precision`` (``fp32``, ``bf16``, ``fp16``) runs every forward pass under
     ``torch.autocast`` to that dtype (``fp32``: none); it changes the numbers, so a folder
     computed in one precision is refused in another.
+
+    ``executor`` (``local``, ``ray`` with the cluster's ``address``, or an
+    :class:`~layerlmc.analyses.executors.Executor`) runs the cells: the endpoints, then each
+    path on its own; the records are the same, and only this process writes to ``out``.
     """
     state_a = load_state_dict(a) if isinstance(a, (str, FilePath)) else dict(a)
     state_b = load_state_dict(b) if isinstance(b, (str, FilePath)) else dict(b)
@@ -77,33 +85,36 @@ def barriers(
     paths = paths.with_alphas(FULL_ALPHAS)
     planned = plan_paths(state_a, model, paths=paths)
     chosen = build_evaluator(model, data, state_a, evaluation=evaluation)
-    run = None
-    if out is not None:
-        run = RunDir(out)
-        inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-                  **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
-                                    chosen.bn_summary, chosen.precision)}
-        settings = dict(config) if config is not None else {
-            "groups": paths.groups, "patterns": list(paths.patterns),
-            "layers": list(paths.layers or []), "layerwise": paths.layerwise,
-            "bases": list(paths.bases), "cumulative": list(paths.cumulative),
-            "alphas": str(paths.alphas),
-            "layer_alphas": None if paths.layer_alphas is None else str(paths.layer_alphas),
-            "definitions": list(paths.definitions), "references": list(paths.references),
-            "splits": list(evaluation.splits or []), "max_examples": evaluation.max_examples,
-            "batch_size": evaluation.batch_size, "device": evaluation.device,
-            "seed": evaluation.seed, "extrapolate": paths.extrapolate, "bn": evaluation.bn,
-            "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
-            "bn_split": evaluation.bn_split, "evaluator": evaluation.evaluator,
-            "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
-        }
-        run.claim(inputs, settings, str(chosen.device))
-    with run.status_on_error() if run is not None else contextlib.nullcontext():
-        records = evaluate_paths(chosen, state_a, state_b, planned, run=run, progress=progress)
-    table = compute_barriers(pd.DataFrame(records), paths.definitions, paths.references)
-    if run is not None:
-        run.write_barriers(table)
-        run.finish("complete")
-    return table
+    # the cluster is reached (or refused) before the output folder is claimed
+    with using_executor(executor, address, device=chosen.device) as runner:
+        run = None
+        if out is not None:
+            run = RunDir(out)
+            inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
+                      **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
+                                        chosen.bn_summary, chosen.precision)}
+            settings = dict(config) if config is not None else {
+                "groups": paths.groups, "patterns": list(paths.patterns),
+                "layers": list(paths.layers or []), "layerwise": paths.layerwise,
+                "bases": list(paths.bases), "cumulative": list(paths.cumulative),
+                "alphas": str(paths.alphas),
+                "layer_alphas": None if paths.layer_alphas is None else str(paths.layer_alphas),
+                "definitions": list(paths.definitions), "references": list(paths.references),
+                "splits": list(evaluation.splits or []), "max_examples": evaluation.max_examples,
+                "batch_size": evaluation.batch_size, "device": evaluation.device,
+                "seed": evaluation.seed, "extrapolate": paths.extrapolate, "bn": evaluation.bn,
+                "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
+                "bn_split": evaluation.bn_split, "evaluator": evaluation.evaluator,
+                "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
+            }
+            run.claim(inputs, settings, str(chosen.device))
+        with run.status_on_error() if run is not None else contextlib.nullcontext():
+            records = evaluate_steps(runner, chosen, [(None, state_a, state_b)], planned, run=run,
+                                     unit=None, progress=progress)
+        table = compute_barriers(pd.DataFrame(records), paths.definitions, paths.references)
+        if run is not None:
+            run.write_barriers(table)
+            run.finish("complete")
+        return table
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -39,6 +40,8 @@ from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError, unknown
 from ..evaluate import Evaluator, Metrics
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
+from .cells import evaluate_cells
+from .executors import Executor, Shared, using_executor
 
 log = logging.getLogger("layerlmc")
 
@@ -228,6 +231,8 @@ def subspace(
     max_memory: int = DEFAULT_MAX_MEMORY,
     step: int | None = None,
     unit: str | None = None,
+    executor: str | Executor = "local",
+    address: str | None = None,
     progress: bool | None = None,
     config: Mapping | None = None,
 ) -> pd.DataFrame:
@@ -249,6 +254,10 @@ def subspace(
       ``fp16``); it changes the numbers, so a folder computed in one is refused in another.
     - ``max_memory``: bytes allowed for the d×m float32 snapshot matrix (the QR needs about
       twice that at its peak).
+    - ``executor``: ``local``, ``ray`` with the cluster's ``address``, or an
+      :class:`~layerlmc.analyses.executors.Executor`. Other than ``local``, the clean networks
+      and then each (group, direction, σ) with all its samples run as cells, the span bases
+      computed here once and shared; the records are the same, and only this process writes.
 
     With ``out``, the run folder gets ``config.yaml``, ``run.json``, ``points.jsonl`` (schema 2,
     ``kind=direction``) and ``subspace.csv`` (:func:`layerlmc.subspace` also draws
@@ -309,42 +318,46 @@ def subspace(
     plan = _plan(targets, directions, recorded, full_sigmas, group_sigmas, samples,
                  list(evaluator.splits))
 
-    run = None
-    if out is not None:
-        run = RunDir(out)
-        inputs = {
-            "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
-            **analysis_inputs(model, data, evaluation, groups, patterns,
-                              precision=evaluator.precision),
-            "span": "final" if span == "final"
-                    else f"trajectory of {len(sources)} snapshots {_sources_digest(snapshots)}",
-            "directions": f"seed {seed}, {coefficients} coefficients, average "
-                          + ("renormalised per group" if renormalise else "not renormalised"),
-        }
-        settings = dict(config) if config is not None else {
-            "span": span, "directions": directions, "sigmas": _text(sigmas),
-            "layer_sigmas": None if layer_sigmas is None else _text(layer_sigmas),
-            "spacing": spacing, "samples": samples, "full": full, "per_layer": per_layer,
-            "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
-            "coefficients": coefficients, "renormalise": renormalise,
-            "splits": list(evaluator.splits), "max_examples": evaluation.max_examples,
-            "batch_size": evaluation.batch_size, "device": evaluation.device, "seed": seed,
-            "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
-            "max_memory": max_memory,
-            "step": step, "unit": unit, "snapshots": len(snapshots or []),
-        }
-        run.claim(inputs, settings, str(target_device))
-    with run.status_on_error() if run is not None else contextlib.nullcontext():
-        records = _evaluate(
-            evaluator, state_a, state_b, targets, plan, sources, parameter_keys, run=run,
-            step=step, unit=unit, seed=seed, coefficients=coefficients, renormalise=renormalise,
-            max_memory=max_memory, progress=progress,
-        )
-    table = tidy(records)
-    if run is not None:
-        run.write_file("subspace.csv", table.to_csv(index=False))
-        run.finish("complete")
-    return table
+    # the cluster is reached (or refused) before the output folder is claimed
+    with using_executor(executor, address, device=target_device) as runner:
+        run = None
+        if out is not None:
+            run = RunDir(out)
+            inputs = {
+                "checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
+                **analysis_inputs(model, data, evaluation, groups, patterns,
+                                  precision=evaluator.precision),
+                "span": "final" if span == "final"
+                        else f"trajectory of {len(sources)} snapshots {_sources_digest(snapshots)}",
+                "directions": f"seed {seed}, {coefficients} coefficients, average "
+                              + ("renormalised per group" if renormalise else "not renormalised"),
+            }
+            settings = dict(config) if config is not None else {
+                "span": span, "directions": directions, "sigmas": _text(sigmas),
+                "layer_sigmas": None if layer_sigmas is None else _text(layer_sigmas),
+                "spacing": spacing, "samples": samples, "full": full, "per_layer": per_layer,
+                "groups": groups, "patterns": list(patterns), "layers": list(layers or []),
+                "coefficients": coefficients, "renormalise": renormalise,
+                "splits": list(evaluator.splits), "max_examples": evaluation.max_examples,
+                "batch_size": evaluation.batch_size, "device": evaluation.device, "seed": seed,
+                "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
+                "max_memory": max_memory,
+                "step": step, "unit": unit, "snapshots": len(snapshots or []),
+            }
+            run.claim(inputs, settings, str(target_device))
+        with run.status_on_error() if run is not None else contextlib.nullcontext():
+            evaluate = (_evaluate if runner.name == "local"
+                        else functools.partial(_evaluate_cells, runner))
+            records = evaluate(
+                evaluator, state_a, state_b, targets, plan, sources, parameter_keys, run=run,
+                step=step, unit=unit, seed=seed, coefficients=coefficients, renormalise=renormalise,
+                max_memory=max_memory, progress=progress,
+            )
+        table = tidy(records)
+        if run is not None:
+            run.write_file("subspace.csv", table.to_csv(index=False))
+            run.finish("complete")
+        return table
 
 
 def _load(source: Source, expected: Mapping[str, torch.Tensor]) -> StateDict:
@@ -432,55 +445,192 @@ def _evaluate(
     with bar:
         finish([{**r, **_metrics(evaluator.evaluate(states[r["base"]], r["split"]))}
                 for r in missing if r["kind"] == "endpoint"])
-        by_target: dict[tuple, list[dict]] = {}
-        for r in missing:
-            if r["kind"] == "direction":
-                by_target.setdefault((r["group"], r["group_index"]), []).append(r)
-        vector_a = _flatten(state_a, parameter_keys)
-        difference = vector_a - _flatten(state_b, parameter_keys)
-        warned: set[tuple] = set()
-
-        def skip(reason: str, *key) -> None:
-            if key not in warned:
-                warned.add(key)
-                log.warning(reason)
-
-        everything = None  # the snapshot matrix of all parameters, when it fits
+        by_target = _by_target(missing)
+        difference = _flatten(state_a, parameter_keys) - _flatten(state_b, parameter_keys)
+        skip = _warn_once()
+        basis_of = _span_bases(sources, parameter_keys, difference.numel(), max_memory,
+                               evaluator.device)
         for target in targets:
             todo = by_target.get((target.name, target.index))
             if not todo:
                 continue
-            basis = None
-            if any(r["direction"] != "average" for r in todo):
-                if everything is None and len(sources) * vector_a.numel() * 4 <= max_memory:
-                    everything = snapshot_matrix(sources, parameter_keys)
-                if everything is None:
-                    matrix = snapshot_matrix(sources, target.keys)
-                else:
-                    matrix = everything if target.index is None else everything[target.rows]
-                basis = orthonormal_basis(matrix.to(evaluator.device))
-                del matrix
-                log.info("%s: %d parameters, span of rank %d from %d snapshots", _what(target),
-                         target.size, basis.shape[1], len(sources))
+            basis = basis_of(target) if any(r["direction"] != "average" for r in todo) else None
             draws: dict[tuple, list[dict]] = {}
             for r in todo:
                 draws.setdefault((r["direction"], r["sigma"], r["sample"]), []).append(r)
             for (direction, sigma, sample), points in draws.items():
-                vectors = _vectors(direction, target, basis, difference, seed, sigma, sample,
-                                   coefficients, renormalise, skip)
-                if vectors is None:
+                new = _draw_records(evaluator, states, target, basis, difference, direction,
+                                    sigma, sample, points, seed, coefficients, renormalise, skip)
+                if new is None:
                     bar.update(len(points))
                     continue
-                new = []
-                for base in BASES:
-                    base_points = [r for r in points if r["base"] == base]
-                    if not base_points:
-                        continue
-                    state = perturb(states[base], target.keys, vectors[base], sigma)
-                    for r in base_points:
-                        new.append({**r, **_metrics(evaluator.evaluate(state, r["split"]))})
                 finish(new)
     return records
+
+
+def _evaluate_cells(
+    executor: Executor, evaluator: Evaluator, state_a: StateDict, state_b: StateDict,
+    targets: Sequence[Target], plan: list[dict], sources: Sequence[Source], parameter_keys, *,
+    run: RunDir | None, step, unit, seed: int, coefficients: str, renormalise: bool,
+    max_memory: int, progress: bool | None,
+) -> list[dict]:
+    """:func:`_evaluate` as cells on ``executor``: the clean networks, then one cell per
+    target, direction and σ (every sample, both networks). The span bases are computed here,
+    as the local loop computes them, and shared once with θ_a − θ_b and the targets; a target
+    without a direction of some type (an empty null space) gets no cells for it."""
+    for record in plan:
+        record.update(step=step, unit=unit)
+    stored = {point_key(r) for r in run.read_points()} if run is not None else set()
+    by_target = _by_target(plan)
+    difference = _flatten(state_a, parameter_keys) - _flatten(state_b, parameter_keys)
+    skip = _warn_once()
+    basis_of = _span_bases(sources, parameter_keys, difference.numel(), max_memory,
+                           evaluator.device)
+    chosen, bases, cells = {}, {}, []
+    for target in targets:
+        name = (target.name, target.index)
+        planned = by_target.get(name)
+        if not planned:
+            continue
+        missing = [r for r in planned if point_key(r) not in stored]
+        basis = None
+        if any(r["direction"] != "average" for r in missing):
+            basis = basis_of(target)
+            bases[name] = basis.cpu()
+        draws: dict[tuple, dict] = {}
+        for r in planned:
+            draws.setdefault((r["direction"], r["sigma"]), {})[r["sample"]] = None
+        exists: dict[str, bool] = {}
+        for (direction, sigma), samples in draws.items():
+            if direction not in exists:
+                # whether the target has a direction of this type depends on neither σ nor the
+                # sample: one draw tells, with the local loop's warning (the basis is left out
+                # only where every point that needs it is stored)
+                exists[direction] = (basis is None and direction != "average") or _vectors(
+                    direction, target, basis, difference, seed, sigma, next(iter(samples)),
+                    coefficients, renormalise, skip) is not None
+            if exists[direction]:
+                cells.append((name, direction, sigma, tuple(samples)))
+        if missing:
+            chosen[name] = target
+    context = Shared({})
+    if chosen:  # the targets' rows and bases travel once, not with every cell
+        context = executor.share({"targets": chosen, "difference": difference.cpu(),
+                                  "bases": bases})
+    works = [DrawWork(context, name, direction, sigma, samples, seed, coefficients, renormalise)
+             for name, direction, sigma, samples in cells]
+    return evaluate_cells(executor, evaluator, [(step, state_a, state_b)], lambda _: works,
+                          run=run, unit=unit, progress=progress)
+
+
+@dataclass(frozen=True)
+class DrawWork:
+    """A cell of a distributed subspace analysis: both networks moved by σ along one target's
+    direction of one type, one draw per sample, on every split."""
+
+    context: Shared[dict]  # the targets, their span bases and θ_a − θ_b
+    target: tuple[str, int | None]  # (name, index)
+    direction: str  # as recorded
+    sigma: float
+    samples: tuple[int | None, ...]
+    seed: int
+    coefficients: str
+    renormalise: bool
+
+    def records(self, splits: Sequence[str], step, unit) -> list[dict]:
+        """Its records without metrics, in the order of :func:`_plan`."""
+        name, index = self.target
+        return [{**_record("direction", self.direction, name, index, base, self.sigma, sample,
+                           split), "step": step, "unit": unit}
+                for sample in self.samples for base in BASES for split in splits]
+
+    def keys(self, splits, step, unit):
+        return [point_key(r) for r in self.records(splits, step, unit)]
+
+    def __call__(self, evaluator, a, b, step, unit, stored):
+        context = self.context.get()
+        target = context["targets"][self.target]
+        device = evaluator.device
+        states = {"a": {k: v.to(device) for k, v in a.items()},
+                  "b": {k: v.to(device) for k, v in b.items()}}
+        basis = context["bases"].get(self.target)
+        basis = None if basis is None else basis.to(device)
+        difference = context["difference"].to(device)
+        known = {point_key(r) for r in stored}
+        todo = [r for r in self.records(list(evaluator.splits), step, unit)
+                if point_key(r) not in known]
+        records: list[dict] = []
+        skip = _warn_once()
+        for sample in self.samples:
+            points = [r for r in todo if r["sample"] == sample]
+            if points:
+                records += _draw_records(evaluator, states, target, basis, difference,
+                                         self.direction, self.sigma, sample, points, self.seed,
+                                         self.coefficients, self.renormalise, skip) or []
+        return records
+
+
+def _by_target(records: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """The ``direction`` records of each target, keyed by (name, index)."""
+    by_target: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["kind"] == "direction":
+            by_target.setdefault((r["group"], r["group_index"]), []).append(r)
+    return by_target
+
+
+def _warn_once():
+    """``skip(reason, *key)``: logs ``reason`` the first time it sees ``key``."""
+    warned: set[tuple] = set()
+
+    def skip(reason: str, *key) -> None:
+        if key not in warned:
+            warned.add(key)
+            log.warning(reason)
+
+    return skip
+
+
+def _span_bases(sources: Sequence[Source], parameter_keys, size: int, max_memory: int, device):
+    """``basis(target)``: the orthonormal basis of the snapshots' span in the target's
+    coordinates, on ``device``; the snapshot matrix of all ``size`` parameters is built once,
+    at the first call, when it fits in ``max_memory``."""
+    everything = None
+
+    def basis(target: Target) -> torch.Tensor:
+        nonlocal everything
+        if everything is None and len(sources) * size * 4 <= max_memory:
+            everything = snapshot_matrix(sources, parameter_keys)
+        if everything is None:
+            matrix = snapshot_matrix(sources, target.keys)
+        else:
+            matrix = everything if target.index is None else everything[target.rows]
+        found = orthonormal_basis(matrix.to(device))
+        del matrix
+        log.info("%s: %d parameters, span of rank %d from %d snapshots", _what(target),
+                 target.size, found.shape[1], len(sources))
+        return found
+
+    return basis
+
+
+def _draw_records(evaluator, states, target, basis, difference, direction, sigma, sample,
+                  points, seed, coefficients, renormalise, skip) -> list[dict] | None:
+    """The records of ``points``, the networks of one draw (a direction, σ and sample) on
+    their splits; None where the target has no such direction (``skip`` says why)."""
+    vectors = _vectors(direction, target, basis, difference, seed, sigma, sample, coefficients,
+                       renormalise, skip)
+    if vectors is None:
+        return None
+    new = []
+    for base in BASES:
+        base_points = [r for r in points if r["base"] == base]
+        if not base_points:
+            continue
+        state = perturb(states[base], target.keys, vectors[base], sigma)
+        for r in base_points:
+            new.append({**r, **_metrics(evaluator.evaluate(state, r["split"]))})
+    return new
 
 
 def _metrics(metrics: Metrics) -> dict:

@@ -19,8 +19,7 @@ from ..core.plan import PathOptions, plan_paths
 from ..core.records import RunDir
 from ..errors import LayerLMCError
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
-from ..evaluate.points import evaluate_paths
-from .cells import PathWork, evaluate_cells
+from .cells import evaluate_steps
 from .executors import Executor, using_executor
 
 log = logging.getLogger("layerlmc")
@@ -183,16 +182,9 @@ def trajectory(
                                  for row in layer_distances(a, b, a_init, b_init, group_list))
                 yield step, a, b
 
-        records: list[dict] = []
         with run.status_on_error():
-            if runner.name == "local":
-                for step, a, b in pairs():
-                    records += evaluate_paths(evaluator, a, b, planned, run=run, step=step,
-                                              unit=unit, progress=progress)
-            else:
-                cells = [PathWork((path,)) for path in planned]
-                records = evaluate_cells(runner, evaluator, pairs(), lambda step: cells, run=run,
-                                         unit=unit, progress=progress)
+            records = evaluate_steps(runner, evaluator, pairs(), planned, run=run, unit=unit,
+                                     progress=progress)
         table = compute_barriers(pd.DataFrame(records), paths.definitions, paths.references)
         distance_table = pd.DataFrame(distances, columns=list(DISTANCE_COLUMNS)).astype({"group_index": "Int64"})
         run.write_barriers(table)

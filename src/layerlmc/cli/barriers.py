@@ -15,6 +15,7 @@ from ..specs import build_data, build_model, parse_kwargs
 from .options import (
     data_options,
     eval_options,
+    executor_options,
     group_options,
     model_options,
     path_options,
@@ -34,8 +35,9 @@ from .options import (
 @path_options(alphas_default="0:1:11")
 @eval_options()
 @click.option("--extrapolate", is_flag=True, help="Allow alphas outside [0, 1].")
+@executor_options("the cells (the endpoints, then each path)")
 def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_spec, data_args, out,
-                     extrapolate, **options) -> None:
+                     extrapolate, executor, address, **options) -> None:
     """Full-network, layer-wise and cumulative barriers between checkpoints A and B.
 
     --model may be left out when A is a Hugging Face model folder (it then is hf:A).
@@ -45,6 +47,8 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
       layerlmc barriers A.pt B.pt --model my_models.py:make_net \\
           --data my_data.py:make_splits --out runs/ab --cumulative shallow --cumulative deep
       layerlmc barriers pythia_a/ pythia_b/ --data hf-text --data-arg tokenizer=pythia_a --out runs/hf
+      layerlmc barriers A.pt B.pt --model net.py:make --data data.py:splits --out runs/ab \\
+          --cumulative shallow --executor ray --address ray://head:10001
     """
     if model_spec is None:
         from ..hf import is_hf_folder
@@ -62,7 +66,7 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
     a, b = load_state_dict(checkpoint_a), load_state_dict(checkpoint_b)
     data = build_data(data_spec, data_kwargs)
     table = barriers(model, a, b, data, paths=paths, evaluation=evaluation, out=out, config=config,
-                     plots=options["plots"])
+                     executor=executor, address=address, plots=options["plots"])
     report(table, out, paths.definitions, paths.references, options["plots"])
 
 

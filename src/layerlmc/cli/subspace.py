@@ -22,7 +22,7 @@ from ..api import subspace
 from ..errors import LayerLMCError
 from ..evaluate.options import EvalOptions
 from ..specs import build_data, build_model
-from .options import group_options, precision_option
+from .options import executor_options, group_options, precision_option
 from .source import is_training_run, resolve_source, split_list
 
 
@@ -77,10 +77,11 @@ from .source import is_training_run, resolve_source, split_list
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Analysis folder [default: SOURCE/subspace, or SOURCE/subspace_trajectory].")
 @click.option("--plots/--no-plots", default=True, show_default=True)
+@executor_options("the cells (the clean networks, then each group, direction and σ)")
 def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, span, every,
                      with_init, directions, samples, per_layer, full, scheme, patterns, layers,
                      coefficients, renormalise, splits, max_examples, batch_size, device, seed,
-                     precision, max_memory, out, plots) -> None:
+                     precision, max_memory, out, plots, executor, address) -> None:
     """Loss of each network of a pair moved by σ·v, v a random unit direction in the span of the
     weights, in its null space, or the averaging direction (PAPER.md §4.2; Sec. 5.2).
 
@@ -95,6 +96,7 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
       layerlmc subspace runs/subspace_synthetic --per-layer --layer-sigma 0.001:5:100
       layerlmc subspace runs/subspace_synthetic --span trajectory --every 5 --samples 3
       layerlmc subspace runs/pair --sigma 0:2:21 --coefficients gaussian --max-examples 2000
+      layerlmc subspace runs/subspace_synthetic --per-layer --executor ray --address ray://head:10001
     """
     if not is_training_run(Path(source)):
         raise LayerLMCError(
@@ -139,7 +141,7 @@ def subspace_command(source: Path, sigmas, layer_sigmas, spacing, pair, step, sp
                                batch_size=batch_size, device=device, seed=seed,
                                precision=precision),
         max_memory=int(max_memory * 1024**3), step=step,
-        unit=unit, plots=plots, config=config,
+        unit=unit, executor=executor, address=address, plots=plots, config=config,
     )
     report_subspace(table, Path(out), roles)
 
