@@ -38,6 +38,15 @@ def test_identical_endpoints_give_zero_barrier_everywhere():
     assert (table["value"].abs() < 1e-6).all()
 
 
+def _frame(rows):
+    """Point records as compute_barriers reads them: the path fields a test leaves out are null."""
+    frame = pd.DataFrame(rows)
+    for column in ("step", "unit", "order", "group_index"):
+        if column not in frame:
+            frame[column] = None
+    return frame
+
+
 def _points():
     rows = []
     for split, (la, lb, lmid) in {"test": (0.5, 0.7, 1.6)}.items():
@@ -48,11 +57,7 @@ def _points():
         for alpha, loss in ((0.0, 0.55), (0.5, 0.65), (1.0, 0.75)):
             rows.append(dict(kind="group", group="conv1", group_index=0, base="a", alpha=alpha, split=split,
                              loss=loss, accuracy=0.85))
-    frame = pd.DataFrame(rows)
-    for column in ("step", "unit", "order", "group_index"):
-        if column not in frame:
-            frame[column] = None
-    return frame
+    return _frame(rows)
 
 
 def test_group_barrier_uses_the_full_models_as_reference():
@@ -100,11 +105,7 @@ def _swap_points():
         for alpha, loss in ((0.0, 0.5), (0.5, 0.56), (1.0, 7.0)):
             rows.append(dict(kind=kind, group="conv1", group_index=0, base="a", order=order,
                              alpha=alpha, split="test", loss=loss, accuracy=0.9))
-    frame = pd.DataFrame(rows)
-    for column in ("step", "unit", "order", "group_index"):
-        if column not in frame:
-            frame[column] = None
-    return frame
+    return _frame(rows)
 
 
 def test_max_on_group_paths_leaves_out_the_layer_swap():

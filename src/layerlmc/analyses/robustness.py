@@ -447,7 +447,8 @@ def robustness(
     a, b = (find_checkpoints(x) if is_glob(x) else x for x in (a, b))
     if _is_steps(a) != _is_steps(b):
         raise LayerLMCError(
-            "give a and b both as one checkpoint each or both as step → checkpoint mappings")
+            "give a and b both as one checkpoint each or both as step → checkpoint mappings "
+            "(or globs)")
     if _is_steps(a):
         chosen = select_steps(a, b, every or 1, steps, allow_missing)
         if every is None and not steps:
