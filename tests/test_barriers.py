@@ -154,3 +154,12 @@ def test_midpoint_rows_do_not_change_with_max():
     together = compute_barriers(_swap_points(), ("midpoint", "max"), ("models",))
     pd.testing.assert_frame_equal(
         alone, together[together["definition"] == "midpoint"].reset_index(drop=True))
+
+
+def test_figures_of_max_show_the_rows_each_request_uses(tmp_path):
+    from layerlmc.plots.barriers import plot_run
+
+    for references in (("models",), ("models-swap",)):
+        table = compute_barriers(_swap_points(), ("max",), references)
+        names = {p.name for p in plot_run(_swap_points(), table, tmp_path / references[0])}
+        assert {"layer_barriers.png", "cumulative_barriers.png"} <= names, references

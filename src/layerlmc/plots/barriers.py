@@ -12,7 +12,13 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..core.barriers import reference_label, row_reference, select_barriers  # noqa: E402
+from ..core.barriers import (  # noqa: E402
+    SWAP_KINDS,
+    SWAP_REFERENCE,
+    reference_label,
+    row_reference,
+    select_barriers,
+)
 from .common import save_png  # noqa: E402
 
 METRIC_LABEL = {"loss": "loss (cross-entropy)", "error": "error (%)"}
@@ -125,6 +131,10 @@ def plot_run(points: pd.DataFrame, barriers: pd.DataFrame, out: Path) -> list[Pa
         return [p for p in [plot_full_path(points, out)] if p]
     definition = "midpoint" if "midpoint" in set(barriers["definition"]) else barriers["definition"].iloc[0]
     reference = "models" if "models" in set(barriers["reference"]) else barriers["reference"].iloc[0]
+    layers = barriers["kind"].isin(SWAP_KINDS)
+    if reference == "models" and not select_barriers(barriers[layers], definition, "models").size:
+        # models-swap runs, and folders from before, hold the max of group paths under models
+        reference = SWAP_REFERENCE if select_barriers(barriers[layers], definition, SWAP_REFERENCE).size else reference
     files = [
         plot_full_path(points, out),
         plot_layer_barriers(barriers, out, definition, reference),
