@@ -88,6 +88,29 @@ def test_barriers_match_hand_computation(user_files, capsys):
         "full_path.png", "layer_barriers.png", "cumulative_barriers.png"}
 
 
+def test_max_of_group_paths_says_which_reference(user_files, capsys):
+    f = user_files
+    out = f["dir"] / "max"
+    assert main(_args(f, out, "--definition", "max", "--alphas", "0,0.5,1", "--no-plots")) == 0
+    printed = capsys.readouterr().out
+    assert "reference: models (full path), path (group and cumulative paths)" in printed
+    assert "note: max of group and cumulative paths is against the path's own ends" in printed
+    table = pd.read_csv(out / "barriers.csv")
+    assert set(table.loc[table["kind"] == "full", "reference"]) == {"models"}
+    assert set(table.loc[table["kind"] == "group", "reference"]) == {"path"}
+    # the same folder, asked for the whole-path max against the models: no new point
+    lines = (out / "points.jsonl").read_text()
+    assert main(_args(f, out, "--definition", "max", "--alphas", "0,0.5,1", "--no-plots",
+                      "--reference", "models-swap")) == 0
+    printed = capsys.readouterr().out
+    assert "reference: models-swap" in printed and "the cost of a swap" in printed
+    assert (out / "points.jsonl").read_text() == lines
+    swapped = pd.read_csv(out / "barriers.csv")
+    assert set(swapped["reference"]) == {"models"}
+    assert main(_args(f, out, "--no-plots")) == 0  # midpoint: no note
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_rerun_evaluates_nothing_twice(user_files, capsys, monkeypatch):
     f = user_files
     out = f["dir"] / "run"

@@ -251,3 +251,125 @@ def test_model_defaults_to_folder_a(hf, tmp_path, capsys):
     assert main(["barriers", str(hf["text"]), str(hf["neox_b"]), *_data_args(hf, hf["neox_a"]),
                  "--out", str(tmp_path / "x")]) == 2
     assert "Missing option '--model'" in capsys.readouterr().err
+
+
+# -- model folders as the steps of trajectory and robustness ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_steps(hf):
+    """Two runs of a tiny GPT-NeoX saved as model folders: ``a/step-100``, ``a/step-200``,
+    ``a/step-300`` (a only) and ``b/step-100``, ``b/step-200``; and as the Hugging Face Trainer
+    writes them, ``trainer_a/checkpoint-{500,1000}`` with the Trainer's other files."""
+    root = hf["root"] / "steps"
+    for run, steps, offset in (("a", (100, 200, 300), 0), ("b", (100, 200), 10)):
+        for i, step in enumerate(steps):
+            _save(transformers.GPTNeoXForCausalLM, _neox(), offset + i, root / run / f"step-{step}")
+    for i, step in enumerate((500, 1000)):
+        folder = _save(transformers.GPTNeoXForCausalLM, _neox(), 20 + i,
+                       root / "trainer_a" / f"checkpoint-{step}")
+        (folder / "trainer_state.json").write_text("{}")
+        torch.save({"state": {}}, folder / "optimizer.pt")
+    (root / "trainer_a" / "runs").mkdir()  # the Trainer's TensorBoard logs: no model folder
+    return root
+
+
+def _step_args(hf, *extra):
+    return [*_data_args(hf, hf["neox_a"]), "--no-plots", *extra]
+
+
+def test_model_folders_are_steps(hf_steps):
+    from layerlmc.analyses import find_checkpoints
+
+    a = find_checkpoints(str(hf_steps / "a" / "step-*"))
+    assert a == {s: hf_steps / "a" / f"step-{s}" for s in (100, 200, 300)}
+    # numerically, not by name (checkpoint-1000 sorts before checkpoint-500); runs/ is skipped
+    trainer = find_checkpoints(hf_steps / "trainer_a")
+    assert list(trainer) == [500, 1000]
+    assert find_checkpoints(str(hf_steps / "trainer_a" / "checkpoint-*")) == trainer
+
+
+def test_trajectory_over_model_folders(hf, hf_steps, tmp_path, capsys):
+    out = tmp_path / "traj"
+    a, b = str(hf_steps / "a" / "step-*"), str(hf_steps / "b" / "step-*")
+    args = ["trajectory", a, "--b", b, "--out", str(out), "--layers", "lm_head",
+            *_step_args(hf)]
+    # a's step 300 has no partner in b
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "steps 300 have no checkpoint b" in err and "--allow-missing" in err
+    assert len(err.strip().splitlines()) == 1
+    # --model defaults to a's first folder, as for `layerlmc barriers`
+    assert main([*args, "--allow-missing"]) == 0
+    table = pd.read_csv(out / "barriers.csv")
+    assert sorted(table["step"].unique()) == [100, 200]
+    assert set(table["unit"]) == {"step"}  # from the folder names
+    assert set(table["group"]) == {"full", "lm_head"}
+    # the step-200 pair gives what `layerlmc barriers` gives for those two folders
+    assert main(["barriers", str(hf_steps / "a" / "step-200"), str(hf_steps / "b" / "step-200"),
+                 *_step_args(hf), "--out", str(tmp_path / "pair200"), "--alphas", "0,0.5,1",
+                 "--layers", "lm_head"]) == 0
+    single = pd.read_csv(tmp_path / "pair200" / "barriers.csv")
+    key = ["kind", "group", "base", "split", "metric"]
+    got = table[table["step"] == 200].set_index(key)["value"].sort_index()
+    expected = single.set_index(key)["value"].sort_index()
+    pd.testing.assert_series_equal(got, expected, rtol=1e-6)
+
+
+def test_trajectory_api_takes_globs_of_trainer_folders(hf, hf_steps, tmp_path):
+    import layerlmc
+
+    model = build_model(f"hf:{hf_steps / 'trainer_a' / 'checkpoint-500'}")
+    data = build_data("hf-text", {"tokenizer": str(hf["neox_a"]), "path": str(hf["text"]),
+                                  "seq_len": 16, "train_windows": 4, "test_windows": 4})
+    glob = str(hf_steps / "trainer_a" / "checkpoint-*")
+    table, distances = layerlmc.trajectory(model, glob, glob, data, tmp_path / "same",
+                                           layerwise=False, unit="step", plots=False,
+                                           progress=False)
+    assert sorted(table["step"].unique()) == [500, 1000]
+    assert table["value"].abs().max() < 1e-6  # each step against itself
+    assert set(distances["step"]) == {500, 1000}
+
+
+def test_robustness_over_model_folders(hf, hf_steps, tmp_path):
+    a, b = str(hf_steps / "a" / "step-*"), str(hf_steps / "b" / "step-*")
+    common = ["--samples", "1", "--layers", "lm_head", "--bases", "a", *_step_args(hf)]
+    out = tmp_path / "rob"
+    assert main(["robustness", a, "--b", b, "--allow-missing", "--out", str(out), *common]) == 0
+    table = pd.read_csv(out / "robustness.csv")
+    assert set(table["step"]) == {200} and set(table["unit"]) == {"step"}  # the last common step
+    out = tmp_path / "rob_every"
+    assert main(["robustness", a, "--b", b, "--allow-missing", "--every", "1", "--out", str(out),
+                 *common]) == 0
+    assert set(pd.read_csv(out / "robustness.csv")["step"]) == {100, 200}
+    # two model folders are one pair, as two files are
+    out = tmp_path / "rob_pair"
+    assert main(["robustness", str(hf_steps / "a" / "step-200"), "--b",
+                 str(hf_steps / "b" / "step-200"), "--out", str(out), *common]) == 0
+    single = pd.read_csv(out / "robustness.csv")
+    assert single["step"].isna().all()
+    # the averaging direction is the same pair's (random directions are seeded per step too)
+    average = [t[t["direction"] == "average"].drop(columns=["step", "unit"]).reset_index(drop=True)
+               for t in (single, table)]
+    pd.testing.assert_frame_equal(*average)
+
+
+def test_glob_matches_that_are_no_checkpoint(hf, hf_steps, tmp_path, capsys):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(hf_steps / "b", runs / "b")
+    shutil.copytree(hf_steps / "b", runs / "a")
+    (runs / "a" / "step-300").mkdir()  # a folder without config.json or weights
+    args = ["trajectory", str(runs / "a" / "step-*"), "--b", str(runs / "b" / "step-*"),
+            "--out", str(tmp_path / "x"), *_step_args(hf)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "step-300 matches" in err and "without config.json" in err
+    assert len(err.strip().splitlines()) == 1
+    (runs / "a" / "step-300").rmdir()
+    (runs / "a" / "step-300.txt").write_text("notes")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "step-300.txt matches" in err and "not a checkpoint file" in err
+    assert len(err.strip().splitlines()) == 1

@@ -477,4 +477,5 @@ def _mask(
 
 # every folder given as a checkpoint is read as a Hugging Face model folder: its own checks say
 # what such a folder lacks
-register_folder_loader("huggingface", lambda folder: True, load_folder)
+register_folder_loader("huggingface", lambda folder: True, load_folder,
+                       lambda folder: check_folder(folder, weights=True))

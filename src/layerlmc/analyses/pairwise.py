@@ -49,7 +49,9 @@ def barriers(
     ``(inputs, labels)`` tensors or torch Datasets. Returns one row per barrier with the
     columns of ``barriers.csv`` (docs/design.md §5): ``value`` is the barrier of ``metric``
     (``loss`` = mean cross-entropy per example, ``error`` = 1 − accuracy) under
-    ``definition`` (``midpoint``/``max``) and ``reference`` (``models``/``path``).
+    ``definition`` (``midpoint``/``max``) and ``reference`` (``models``/``path``: the one the
+    row used; ``max`` of group and cumulative paths uses ``path`` when ``models`` is asked for,
+    see :func:`~layerlmc.core.barriers.row_reference`).
 
     ``paths`` (:class:`~layerlmc.core.plan.PathOptions`) says which paths and barriers,
     ``evaluation`` (:class:`~layerlmc.evaluate.options.EvalOptions`) on what and how; each of

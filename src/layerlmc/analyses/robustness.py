@@ -42,7 +42,14 @@ from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..evaluate.points import bar_disabled, evaluate_paths
 from .cells import PathWork, evaluate_cells
 from .executors import Executor, using_executor
-from .trajectory import _common_folder, _load, note_step_digests, select_steps
+from .trajectory import (
+    _common_folder,
+    _load,
+    find_checkpoints,
+    is_glob,
+    note_step_digests,
+    select_steps,
+)
 
 log = logging.getLogger("layerlmc")
 
@@ -400,8 +407,9 @@ def robustness(
 ) -> pd.DataFrame:
     """Averaging direction vs random directions of the same norm, per group and base.
 
-    ``a`` and ``b`` are one pair (state dicts or checkpoint files; records have ``step`` null)
-    or mappings step → checkpoint file (e.g. :func:`find_checkpoints`), of which the last
+    ``a`` and ``b`` are one pair (state dicts, checkpoint files or model folders; records have
+    ``step`` null) or mappings step → checkpoint file or model folder, or globs of them
+    (``'ckpts/a/step-*'``, read by :func:`find_checkpoints`), of which the last
     common step is analysed, or every ``every``-th (the last always), or exactly ``steps``.
     ``alphas`` is the grid of step fractions t (0 = the base, 1 = a full step; 0 is always
     added: it costs nothing); ``samples`` random directions are drawn per step, group and
@@ -436,9 +444,11 @@ def robustness(
     scheme, scheme_patterns = grouping(groups, patterns, per_tensor)
     expected = model.state_dict()
 
+    a, b = (find_checkpoints(x) if is_glob(x) else x for x in (a, b))
     if _is_steps(a) != _is_steps(b):
         raise LayerLMCError(
-            "give a and b both as one checkpoint each or both as step → checkpoint mappings")
+            "give a and b both as one checkpoint each or both as step → checkpoint mappings "
+            "(or globs)")
     if _is_steps(a):
         chosen = select_steps(a, b, every or 1, steps, allow_missing)
         if every is None and not steps:

@@ -12,7 +12,14 @@ import pandas as pd
 import torch
 
 from ..core.barriers import compute_barriers
-from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like, state_digest
+from ..core.checkpoints import (
+    StateDict,
+    check_pair,
+    folder_problem,
+    load_state_dict,
+    reorder_like,
+    state_digest,
+)
 from ..core.groups import LayerGroup, layer_groups, tied_keys
 from ..core.options import flat_options
 from ..core.plan import PathOptions, plan_paths
@@ -30,21 +37,41 @@ DISTANCE_COLUMNS = ("step", "unit", "group", "group_index", "l2_ab", "cos_ab",
 
 
 def find_checkpoints(source: str | Path) -> dict[int, Path]:
-    """Checkpoints of a folder or a glob, keyed by step: the last number in each file name
-    (``epoch_0010.safetensors`` → 10, ``exp_0_epoch_20.pt`` → 20, ``step1500.bin`` → 1500)."""
+    """Checkpoints of a folder or a glob, keyed by step: the last number in each file or model
+    folder name (``epoch_0010.safetensors`` → 10, ``exp_0_epoch_20.pt`` → 20, ``step1500.bin``
+    → 1500, the Hugging Face Trainer's ``checkpoint-500/`` → 500).
+
+    A step is a checkpoint file (:data:`CHECKPOINT_SUFFIXES`) or a model folder that a
+    registered folder loader reads (a Hugging Face folder with ``config.json`` and its weights;
+    :func:`~layerlmc.core.checkpoints.folder_problem`). Every match of a glob must be one of
+    them (``optimizer_*`` files aside); in a folder, other files and subfolders are skipped.
+    """
     text = str(source)
-    if any(ch in text for ch in "*?["):
-        files = [Path(p) for p in sorted(glob.glob(text))]
+    pattern = any(ch in text for ch in "*?[")
+    if pattern:
+        found = [Path(p) for p in sorted(glob.glob(text))]
     else:
         folder = Path(source)
         if not folder.is_dir():
             raise LayerLMCError(f"checkpoint folder not found: {folder}")
-        files = sorted(p for p in folder.iterdir())
-    files = [p for p in files if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
-             and not p.name.startswith("optimizer_")]
+        found = sorted(p for p in folder.iterdir())
+    entries = []
+    for path in found:
+        if path.name.startswith("optimizer_"):
+            continue  # a training run keeps its optimizer state beside each checkpoint
+        if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+            entries.append((path, path.stem))
+        elif path.is_dir() and folder_problem(path) is None:
+            # a folder's name is its stem: `checkpoint-1.5e3` has no suffix to drop
+            entries.append((path, path.name))
+        elif pattern:
+            what = (f"a folder no checkpoint loader reads ({folder_problem(path)})" if path.is_dir()
+                    else f"not a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
+            raise LayerLMCError(f"{path} matches {text} but is {what}; narrow the pattern to "
+                                "checkpoint files or model folders")
     steps: dict[int, Path] = {}
-    for path in files:
-        numbers = re.findall(r"\d+", path.stem)
+    for path, stem in entries:
+        numbers = re.findall(r"\d+", stem)
         if not numbers:
             raise LayerLMCError(f"cannot tell the step of checkpoint {path}: its name has no number")
         step = int(numbers[-1])
@@ -52,8 +79,19 @@ def find_checkpoints(source: str | Path) -> dict[int, Path]:
             raise LayerLMCError(f"two checkpoints for step {step}: {steps[step]} and {path}")
         steps[step] = path
     if not steps:
-        raise LayerLMCError(f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) found in {source}")
+        raise LayerLMCError(f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)} files or model "
+                            f"folders) found in {source}")
     return dict(sorted(steps.items()))
+
+
+def is_glob(source: object) -> bool:
+    """A glob of checkpoints (``'ckpts/a/step-*'``) rather than one checkpoint's path."""
+    return isinstance(source, (str, Path)) and any(ch in str(source) for ch in "*?[")
+
+
+def as_steps(checkpoints: Mapping[int, str | Path] | str | Path) -> Mapping[int, str | Path]:
+    """A step → checkpoint mapping as given, or that of a folder or glob (:func:`find_checkpoints`)."""
+    return checkpoints if isinstance(checkpoints, Mapping) else find_checkpoints(checkpoints)
 
 
 def select_steps(
@@ -108,8 +146,8 @@ def layer_distances(
 @flat_options
 def trajectory(
     model: torch.nn.Module,
-    a_checkpoints: Mapping[int, str | Path],
-    b_checkpoints: Mapping[int, str | Path],
+    a_checkpoints: Mapping[int, str | Path] | str | Path,
+    b_checkpoints: Mapping[int, str | Path] | str | Path,
     data: Mapping[str, object],
     out: str | Path,
     *,
@@ -125,7 +163,9 @@ def trajectory(
     config: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Full, single-group and cumulative barriers of the pair at every selected step, and the
-    per-group distances; records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
+    per-group distances. ``a_checkpoints`` and ``b_checkpoints`` map step → checkpoint (a file
+    or a model folder), or are a folder or glob of them (``'ckpts/a/step-*'``, read by
+    :func:`find_checkpoints`), paired by step. Records go to ``out`` (``points.jsonl`` with ``step``/``unit``,
     ``barriers.csv``, ``distances.csv``; :func:`layerlmc.trajectory` also draws ``figures/``).
     A rerun evaluates only missing cells. ``paths`` and ``evaluation`` (or their fields as
     keywords) are those of :func:`layerlmc.barriers`; the full path's grid defaults to
@@ -135,6 +175,7 @@ def trajectory(
     same. Returns ``(barriers, distances)``."""
     # one full path among many per step: its ends and midpoint are what the heatmaps show
     paths = paths.with_alphas(TRAJECTORY_ALPHAS)
+    a_checkpoints, b_checkpoints = as_steps(a_checkpoints), as_steps(b_checkpoints)
     chosen = select_steps(a_checkpoints, b_checkpoints, every, steps, allow_missing)
     expected = model.state_dict()
     init_step = min(set(a_checkpoints) & set(b_checkpoints))

@@ -6,7 +6,7 @@ import click
 import pandas as pd
 
 from ..api import barriers
-from ..core.barriers import summary_table
+from ..core.barriers import reference_label, select_barriers, summary_table, swap_note
 from ..core.checkpoints import check_pair, load_state_dict, reorder_like
 from ..core.groups import layer_groups, tied_keys
 from ..core.options import settings_of
@@ -78,7 +78,9 @@ def report(table: pd.DataFrame, out: Path, definitions, references, plots: bool 
                    f"accuracy {record['accuracy']:.4f}  (n={record['n']:,})")
     print_table(
         summary_table(table, definition, reference),
-        f"barriers ({definition}, reference: {reference}; loss in nats, error as a fraction):",
+        f"barriers ({definition}, reference: {reference_label(definition, reference)}; loss in "
+        "nats, error as a fraction):",
+        swap_note(select_barriers(table, definition, reference), definition, reference),
     )
     click.echo("")
     click.echo(f"records:  {out / 'points.jsonl'}")

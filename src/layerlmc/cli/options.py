@@ -78,10 +78,20 @@ def path_options(alphas_default: str) -> Callable:
         click.option("--layer-alphas", default=None,
                      help="Alpha grid of group and cumulative paths [default: what the definitions need]."),
         click.option("--definition", "definitions", multiple=True, default=("midpoint",), show_default=True,
-                     help="Barrier definition(s): midpoint, max."),
+                     help="Barrier definition(s): midpoint, or max (the largest gap over the grid; "
+                          "on group and cumulative paths against the path's own ends unless "
+                          "--reference models-swap)."),
         click.option("--reference", "references", multiple=True, default=("models",), show_default=True,
-                     help="Reference value(s): models (the full endpoints) or path (the path's own ends)."),
+                     help=REFERENCE_HELP),
     )
+
+
+REFERENCE_HELP = (
+    "Reference value(s): models (the full endpoints a and b), path (the path's own α = 0 and 1 "
+    "points), or models-swap. With --definition max, models uses path on group and cumulative "
+    "paths (and their rows say reference path): their α = 1 end is a carrying b's groups, a "
+    "layer swap, not b. models-swap keeps models there too: the max then includes that end, "
+    "the swapped network compared with b, which measures the swap, not averaging.")
 
 
 def precision_option(func):
@@ -203,7 +213,8 @@ def study_evaluation(options: dict) -> EvalOptions:
     )
 
 
-def print_table(table: pd.DataFrame, title: str) -> None:
+def print_table(table: pd.DataFrame, title: str, note: str | None = None) -> None:
+    """``table`` under ``title``, values signed to 4 places; ``note``, if any, last."""
     if table.empty:
         click.echo("(no barriers)")
         return
@@ -215,6 +226,8 @@ def print_table(table: pd.DataFrame, title: str) -> None:
     click.echo(shown.to_string())
     if flagged:
         click.echo("! marks a non-finite value (the loss diverged at that point)")
+    if note:
+        click.echo(note)
 
 
 __all__ = ["data_options", "eval_options", "executor_options", "group_options", "model_options",

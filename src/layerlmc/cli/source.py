@@ -1,6 +1,6 @@
 """Where an analysis over checkpoints takes its two runs from: a training run folder, two folders
-or globs of checkpoints, or two checkpoint files (``SOURCE`` and the options of
-:func:`~layerlmc.cli.options.source_options`)."""
+or globs of checkpoints (files or model folders), or two checkpoint files (``SOURCE`` and the
+options of :func:`~layerlmc.cli.options.source_options`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import yaml
 
 from ..analyses.trajectory import find_checkpoints
+from ..core.checkpoints import folder_problem
 from ..errors import LayerLMCError
+from ..hf import SPEC_PREFIX, is_hf_folder
 from ..specs import parse_kwargs
 
 
@@ -21,6 +23,9 @@ def split_list(values: tuple[str, ...]) -> list[str]:
 
 
 UNITS = ("epoch", "round", "iter", "step")
+#: model folder names whose prefix is no unit: the Hugging Face Trainer's ``checkpoint-500``
+#: counts optimizer steps
+FOLDER_PREFIXES = {"checkpoint": "step"}
 
 
 def is_training_run(folder: Path) -> bool:
@@ -47,13 +52,26 @@ class Source:
 
     @property
     def unit(self) -> str:
-        """The unit the checkpoint names share (``round_0003.safetensors`` → ``round``), else
-        ``epoch``."""
+        """The unit the checkpoint names share (``round_0003.safetensors`` → ``round``; model
+        folders ``step-100`` and the Trainer's ``checkpoint-500`` → ``step``), else ``epoch``."""
         if self.single_pair:
             return "epoch"
-        prefixes = {re.match(r"[a-z]*", p.stem.lower()).group() for p in self.a.values()}
+        prefixes = {_unit_prefix(p) for p in self.a.values()}
         found = prefixes.pop() if len(prefixes) == 1 else ""
         return found if found in UNITS else "epoch"
+
+
+def _unit_prefix(path: Path) -> str:
+    if not path.is_dir():
+        return re.match(r"[a-z]*", path.stem.lower()).group()
+    prefix = re.match(r"[a-z]*", path.name.lower()).group()
+    return FOLDER_PREFIXES.get(prefix, prefix)
+
+
+def _one_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a model folder (a Hugging Face folder), rather than a folder or
+    glob of checkpoints."""
+    return path.is_file() or (path.is_dir() and folder_problem(path) is None)
 
 
 def resolve_source(
@@ -63,8 +81,9 @@ def resolve_source(
 ) -> Source:
     """SOURCE is a training run folder (runs chosen with --pair; model and data from its
     config.yaml unless given; --out defaults to SOURCE/``default_out``), or a folder or glob of
-    a's checkpoints with --b for b's (then --model, --data and --out are needed). With ``files``,
-    SOURCE and --b may be two checkpoint files."""
+    a's checkpoints with --b for b's (then --data and --out are needed, and --model unless a's
+    checkpoints are Hugging Face model folders: then it is hf:FIRST, a's first). With ``files``,
+    SOURCE and --b may be two checkpoint files (or model folders)."""
     folder = Path(source)
     if is_training_run(folder):
         if source_b is not None:
@@ -89,21 +108,29 @@ def resolve_source(
         if source_b is None:
             raise LayerLMCError(
                 f"{source} is not a training run folder; give b's checkpoints with --b")
-        for flag, value in (("--model", model_spec), ("--data", data_spec), ("--out", out)):
+        for flag, value in (("--data", data_spec), ("--out", out)):
             if value is None:
                 raise LayerLMCError(
                     f"{flag} is needed when SOURCE is a folder or glob of checkpoints")
-        if files and (folder.is_file() or Path(source_b).is_file()):
+        if files and (_one_checkpoint(folder) or _one_checkpoint(Path(source_b))):
             for name, path in (("SOURCE", source), ("--b", source_b)):
-                if not Path(path).is_file():
+                if not _one_checkpoint(Path(path)):
                     raise LayerLMCError(
-                        f"{name} {path} is not a checkpoint file; give two files for a single pair")
+                        f"{name} {path} is not a checkpoint file or model folder; give two for "
+                        "a single pair")
             if steps:
                 raise LayerLMCError(
                     "--steps selects steps of checkpoint folders; a pair of files has none")
             a, b = Path(source), Path(source_b)
         else:
             a, b = find_checkpoints(source), find_checkpoints(source_b)
+        if model_spec is None:
+            # as for `layerlmc barriers`: a's (first) model folder names the architecture
+            first = a if isinstance(a, Path) else next(iter(a.values()))
+            if not is_hf_folder(first):
+                raise LayerLMCError("--model is needed when SOURCE is a folder or glob of "
+                                    "checkpoint files (it defaults to hf:FOLDER for model folders)")
+            model_spec = f"{SPEC_PREFIX}{first}"
         model_kwargs, data_kwargs = parse_kwargs(model_args), parse_kwargs(data_args)
     try:
         chosen_steps = [int(s) for s in split_list((steps,))] if steps else None

@@ -6,12 +6,19 @@ import click
 import pandas as pd
 
 from ..api import trajectory
-from ..core.barriers import compute_barriers, trajectory_summary
+from ..core.barriers import (
+    compute_barriers,
+    reference_label,
+    select_barriers,
+    swap_note,
+    trajectory_summary,
+)
 from ..core.options import settings_of
 from ..core.records import RunDir
 from ..errors import LayerLMCError
 from ..specs import build_data, build_model
 from .options import (
+    REFERENCE_HELP,
     eval_options,
     executor_options,
     path_options,
@@ -63,7 +70,8 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
 def report_trajectory(table: pd.DataFrame, out: Path, definition: str, reference: str) -> None:
     print_table(trajectory_summary(table, definition, reference),
                 f"full-network barrier vs the largest single-group barrier (either base) per step "
-                f"({definition}, reference: {reference}):")
+                f"({definition}, reference: {reference_label(definition, reference)}):",
+                swap_note(select_barriers(table, definition, reference), definition, reference))
     click.echo("")
     click.echo(f"records:   {out / 'points.jsonl'}")
     click.echo(f"barriers:  {out / 'barriers.csv'}")
@@ -82,8 +90,9 @@ def records_folder(folder: Path) -> Path:
 
 @click.command("plot")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--definition", default="midpoint", show_default=True)
-@click.option("--reference", default="models", show_default=True)
+@click.option("--definition", default="midpoint", show_default=True,
+              help="The barriers drawn: midpoint or max.")
+@click.option("--reference", default="models", show_default=True, help=REFERENCE_HELP)
 def plot_command(folder: Path, definition: str, reference: str) -> None:
     """Draw the figures of an analysis from its records only (no model is loaded).
 

@@ -7,6 +7,13 @@ For a path θ(α) and a metric M (``loss`` or ``error`` = 1 − accuracy):
 
 with references ``models`` (r0, r1 = the metrics of the full endpoint models a and b, the
 paper's choice also for single-layer paths) or ``path`` (the path's own α=0 and α=1 points).
+
+``max`` with ``models`` on a group or cumulative path would take the maximum over the whole
+path, whose α=1 end (base a) is a carrying b's groups: a layer swap compared with b, not an
+average (3–7 nats where the midpoint says 0.01). So that request uses the ``path`` reference on
+those paths, and their rows say so (``reference`` = ``path``; :func:`row_reference`). The
+reference ``models-swap`` asks for the whole-path maximum against the models explicitly; its
+rows record ``models``. docs/results.md gives the reasons for this choice.
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ from ..errors import LayerLMCError, unknown
 from .records import BARRIER_COLUMNS
 
 DEFINITIONS = ("midpoint", "max")
-REFERENCES = ("models", "path")
+#: the references a study may ask for; a row records one of :data:`ROW_REFERENCES`
+REFERENCES = ("models", "path", "models-swap")
+ROW_REFERENCES = ("models", "path")
+#: ``models`` everywhere, ``max`` on group and cumulative paths included: the explicit request
+#: for a maximum that takes in their α = 1 end, a layer swap
+SWAP_REFERENCE = "models-swap"
+#: the path kinds whose α = 1 end is not b but a carrying some of b's groups (base a)
+SWAP_KINDS = ("group", "cumulative")
 METRICS = ("loss", "error")
 PATH_FIELDS = ["step", "unit", "kind", "group", "group_index", "base", "order", "split"]
 
@@ -34,6 +48,52 @@ def check_choices(definitions: Sequence[str], references: Sequence[str]) -> None
             raise unknown("barrier reference", r, REFERENCES)
     if not definitions or not references:
         raise LayerLMCError("at least one barrier definition and one reference are needed")
+
+
+def row_reference(definition: str, reference: str, kind: str) -> str:
+    """The reference a barrier row of a ``kind`` path uses when ``definition`` and ``reference``
+    are asked for: ``path`` for ``max`` with ``models`` on group and cumulative paths (their
+    α = 1 end is a layer swap, which ``models`` would compare with b), ``models`` for
+    ``models-swap``, else ``reference`` itself."""
+    if reference == SWAP_REFERENCE:
+        return "models"
+    if definition == "max" and reference == "models" and kind in SWAP_KINDS:
+        return "path"
+    return reference
+
+
+def select_barriers(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
+    """The rows of ``barriers`` that show ``definition`` with ``reference``: each row's own
+    reference is :func:`row_reference` of its kind."""
+    if barriers.empty:
+        return barriers
+    wanted = pd.Series([row_reference(definition, reference, k) for k in barriers["kind"]],
+                       index=barriers.index, dtype=object)
+    return barriers[(barriers["definition"] == definition) & (barriers["reference"] == wanted)]
+
+
+def reference_label(definition: str, reference: str) -> str:
+    """How a table or figure of ``definition`` and ``reference`` names the references it shows."""
+    full, layers = (row_reference(definition, reference, k) for k in ("full", "group"))
+    if full == layers:
+        return reference
+    return f"{full} (full path), {layers} (group and cumulative paths)"
+
+
+def swap_note(shown: pd.DataFrame, definition: str, reference: str) -> str | None:
+    """One line for a printed table of ``shown`` rows when its ``max`` is not what ``models``
+    means on the full path: taken against the group paths' own ends, or (``models-swap``) over
+    the layer swap at α = 1."""
+    if definition != "max" or shown.empty or not shown["kind"].isin(SWAP_KINDS).any():
+        return None
+    if reference == "models":
+        return ("note: max of group and cumulative paths is against the path's own ends "
+                "(reference path): their α = 1 end is a carrying b's groups, a layer swap, not b; "
+                f"--reference {SWAP_REFERENCE} compares the whole path with the models")
+    if reference == SWAP_REFERENCE:
+        return ("note: max of group and cumulative paths includes their α = 1 end, a carrying "
+                "b's groups (a layer swap), compared with b: the cost of a swap, not of averaging")
+    return None
 
 
 def needed_alphas(definitions: Sequence[str], references: Sequence[str], grid: Sequence[float]) -> set[float]:
@@ -75,7 +135,9 @@ def compute_barriers(
     """Barrier rows (``barriers.csv`` columns) for every path in ``points``.
 
     ``points`` holds the point records of docs/design.md §5, including the ``endpoint`` records of
-    ``a`` and ``b`` for each step and split.
+    ``a`` and ``b`` for each step and split. Each row's ``reference`` is the one it used
+    (:func:`row_reference`), which for ``max`` on group and cumulative paths is ``path`` when
+    ``models`` is asked for; a row asked for twice in this way is written once.
     """
     definitions, references = list(dict.fromkeys(definitions)), list(dict.fromkeys(references))
     check_choices(definitions, references)
@@ -99,16 +161,21 @@ def compute_barriers(
         for metric in metrics:
             values = path[metric].tolist()
             curve = dict(zip(alphas, values))
-            for ref in references:
-                if ref == "models":
-                    if end_a is None or end_b is None:
-                        continue
-                    r0, r1 = getattr(end_a, metric), getattr(end_b, metric)
-                else:
-                    if 0.0 not in curve or 1.0 not in curve:
-                        continue
-                    r0, r1 = curve[0.0], curve[1.0]
+            done = set()
+            for requested in references:
                 for definition in definitions:
+                    ref = row_reference(definition, requested, fields["kind"])
+                    if (definition, ref) in done:
+                        continue  # asked for twice: `max` of `models` and of `path` on a group
+                    done.add((definition, ref))
+                    if ref == "models":
+                        if end_a is None or end_b is None:
+                            continue
+                        r0, r1 = getattr(end_a, metric), getattr(end_b, metric)
+                    else:
+                        if 0.0 not in curve or 1.0 not in curve:
+                            continue
+                        r0, r1 = curve[0.0], curve[1.0]
                     value = barrier_value(alphas, values, r0, r1, definition)
                     rows.append({**fields, "metric": metric, "definition": definition,
                                  "reference": ref, "value": value})
@@ -121,8 +188,8 @@ def compute_barriers(
 def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", reference: str = "models") -> pd.DataFrame:
     """The view printed by the CLI: one row per path (full, then groups, then cumulative
     prefixes), one column per split × metric × base. The full path has no base, so its
-    barrier is shown under every base."""
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    barrier is shown under every base. Rows are chosen by :func:`select_barriers`."""
+    chosen = select_barriers(barriers, definition, reference)
     if chosen.empty:
         return pd.DataFrame()
     is_full = chosen["kind"] == "full"
@@ -153,8 +220,9 @@ def summary_table(barriers: pd.DataFrame, definition: str = "midpoint", referenc
 
 def trajectory_summary(barriers: pd.DataFrame, definition: str = "midpoint", reference: str = "models") -> pd.DataFrame:
     """Per step: the full-network barrier and the largest single-group barrier over both bases
-    (and its group), for each split × metric: the paper's headline comparison."""
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    (and its group), for each split × metric: the paper's headline comparison. Rows are chosen
+    by :func:`select_barriers`."""
+    chosen = select_barriers(barriers, definition, reference)
     rows = {}
     for (step, split, metric), frame in chosen.groupby(["step", "split", "metric"], sort=True):
         full = frame[frame["kind"] == "full"]["value"]

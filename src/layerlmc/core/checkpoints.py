@@ -121,22 +121,43 @@ def source_of(state: Mapping[str, torch.Tensor]) -> str | None:
 
 
 #: Readers of checkpoint folders (a Hugging Face model folder is one checkpoint), in the order
-#: they are tried: each is ``(accepts(folder) -> bool, load(folder) -> state dict)``. Adapters
-#: register theirs (:mod:`layerlmc.hf` on import), so the core never imports an adapter.
-FOLDER_LOADERS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], StateDict]]] = {}
+#: they are tried: each is ``(accepts(folder) -> bool, load(folder) -> state dict, check)``,
+#: where ``check(folder)`` (or None) raises a :class:`LayerLMCError` saying what the folder
+#: lacks without reading its weights. Adapters register theirs (:mod:`layerlmc.hf` on import),
+#: so the core never imports an adapter.
+FOLDER_LOADERS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], StateDict],
+                                Callable[[Path], object] | None]] = {}
 
 
 def register_folder_loader(name: str, accepts: Callable[[Path], bool],
-                           load: Callable[[Path], StateDict]) -> None:
-    FOLDER_LOADERS[name] = (accepts, load)
+                           load: Callable[[Path], StateDict],
+                           check: Callable[[Path], object] | None = None) -> None:
+    FOLDER_LOADERS[name] = (accepts, load, check)
+
+
+def _folder_loader(path: Path) -> tuple[Callable[[Path], StateDict], Callable[[Path], object] | None]:
+    for accepts, load, check in FOLDER_LOADERS.values():
+        if accepts(path):
+            return load, check
+    raise LayerLMCError(f"checkpoint {path} is a folder, and no checkpoint format reads folders "
+                        "here (Hugging Face folders need layerlmc.hf)")
 
 
 def _load_folder(path: Path) -> StateDict:
-    for accepts, load in FOLDER_LOADERS.values():
-        if accepts(path):
-            return load(path)
-    raise LayerLMCError(f"checkpoint {path} is a folder, and no checkpoint format reads folders "
-                        "here (Hugging Face folders need layerlmc.hf)")
+    return _folder_loader(path)[0](path)
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why folder ``path`` is no checkpoint a registered loader reads (a Hugging Face model
+    folder needs ``config.json`` and its weights), or None when it is one. Only the loader's
+    cheap check runs: the weights are not read."""
+    try:
+        _, check = _folder_loader(Path(path))
+        if check is not None:
+            check(Path(path))
+    except LayerLMCError as err:
+        return str(err)
+    return None
 
 
 def load_state_dict(path: str | Path) -> StateDict:

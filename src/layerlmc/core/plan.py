@@ -34,7 +34,9 @@ class PathOptions:
     :data:`FULL_ALPHAS` for one pair, α = 0, ½, 1 at every step of a trajectory, where the
     full path is only one of many); ``layer_alphas``: the grid of
     group and cumulative paths (default: what the definitions need); ``definitions``
-    (``midpoint``, ``max``) and ``references`` (``models``, ``path``): the barriers reported;
+    (``midpoint``, ``max``) and ``references`` (``models``, ``path``, ``models-swap``): the
+    barriers reported (``max`` of group and cumulative paths uses ``path`` for ``models``; see
+    :func:`~layerlmc.core.barriers.row_reference`);
     ``extrapolate``: allow α outside [0, 1].
     """
 

@@ -12,6 +12,13 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..core.barriers import (  # noqa: E402
+    SWAP_KINDS,
+    SWAP_REFERENCE,
+    reference_label,
+    row_reference,
+    select_barriers,
+)
 from .common import save_png  # noqa: E402
 
 METRIC_LABEL = {"loss": "loss (cross-entropy)", "error": "error (%)"}
@@ -65,7 +72,7 @@ def plot_layer_barriers(barriers: pd.DataFrame, out: Path, definition: str, refe
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.grid(axis="x", visible=False)
         ax.legend(fontsize=8)
-    fig.suptitle(f"layer-wise barriers ({definition}, reference: {reference})")
+    fig.suptitle(f"layer-wise barriers ({definition}, reference: {reference_label(definition, reference)})")
     return save_png(fig, out / "layer_barriers.png")
 
 
@@ -84,13 +91,14 @@ def plot_cumulative(barriers: pd.DataFrame, out: Path, definition: str, referenc
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("groups averaged (prefix length; window: start + 1)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"cumulative averaging ({definition}, reference: {reference})")
+    fig.suptitle(f"cumulative averaging ({definition}, reference: "
+                 f"{row_reference(definition, reference, 'cumulative')})")
     return save_png(fig, out / "cumulative_barriers.png")
 
 
 def _rows(barriers: pd.DataFrame, definition: str, reference: str, kind: str):
     """The barriers of one definition and reference, and those of them of one path kind."""
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    chosen = select_barriers(barriers, definition, reference)
     return chosen, chosen[chosen["kind"] == kind]
 
 
@@ -123,6 +131,10 @@ def plot_run(points: pd.DataFrame, barriers: pd.DataFrame, out: Path) -> list[Pa
         return [p for p in [plot_full_path(points, out)] if p]
     definition = "midpoint" if "midpoint" in set(barriers["definition"]) else barriers["definition"].iloc[0]
     reference = "models" if "models" in set(barriers["reference"]) else barriers["reference"].iloc[0]
+    layers = barriers["kind"].isin(SWAP_KINDS)
+    if reference == "models" and not select_barriers(barriers[layers], definition, "models").size:
+        # models-swap runs, and folders from before, hold the max of group paths under models
+        reference = SWAP_REFERENCE if select_barriers(barriers[layers], definition, SWAP_REFERENCE).size else reference
     files = [
         plot_full_path(points, out),
         plot_layer_barriers(barriers, out, definition, reference),

@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..core.barriers import reference_label, select_barriers
 from .common import step_key, step_label, unit_of
 from .trajectory import BAR_LABEL, METRICS, SCALE, HeatmapSpec, largest_single_groups
 
@@ -130,7 +131,7 @@ def layer_barriers_figure(barriers: pd.DataFrame, definition: str, reference: st
                 ), row=1, col=column)
     figure.update_layout(barmode="group")
     figure.update_xaxes(type="category")
-    return _layout(figure, f"single-group barriers ({definition}, reference {reference})")
+    return _layout(figure, f"single-group barriers ({definition}, reference {reference_label(definition, reference)})")
 
 
 def cumulative_figure(barriers: pd.DataFrame, definition: str, reference: str) -> go.Figure | None:
@@ -161,7 +162,7 @@ def cumulative_figure(barriers: pd.DataFrame, definition: str, reference: str) -
                                        f"{split}, base {base}<br>barrier %{{y:.5g}}<extra></extra>"),
                     ), row=1, col=column)
     figure.update_xaxes(title_text="groups averaged")
-    return _layout(figure, f"cumulative barriers ({definition}, reference {reference})")
+    return _layout(figure, f"cumulative barriers ({definition}, reference {reference_label(definition, reference)})")
 
 
 def barrier_steps_figure(barriers: pd.DataFrame, definition: str, reference: str) -> go.Figure | None:
@@ -187,7 +188,7 @@ def barrier_steps_figure(barriers: pd.DataFrame, definition: str, reference: str
                         hovertemplate=f"{label}, {split}<br>{unit} %{{x}}<br>barrier %{{y:.5g}}<extra></extra>",
                     ), row=1, col=column)
     figure.update_xaxes(title_text=unit, **_step_ticks(rows["step"]))
-    return _layout(figure, f"barriers over training ({definition}, reference {reference})")
+    return _layout(figure, f"barriers over training ({definition}, reference {reference_label(definition, reference)})")
 
 
 def distances_figure(distances: pd.DataFrame) -> go.Figure | None:
@@ -314,7 +315,7 @@ def history_figure(history: pd.DataFrame) -> go.Figure | None:
 def _chosen(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
     if barriers is None or barriers.empty:
         return pd.DataFrame(columns=["step", "kind", "split", "metric", "value", "group_index"])
-    rows = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
+    rows = select_barriers(barriers, definition, reference)
     return rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"),
                        group_index=pd.to_numeric(rows["group_index"], errors="coerce"))
 

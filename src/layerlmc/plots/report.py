@@ -26,7 +26,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from .._version import __version__
-from ..core.barriers import compute_barriers, summary_table, trajectory_summary
+from ..core.barriers import compute_barriers, reference_label, summary_table, trajectory_summary
 from ..core.records import BARRIER_COLUMNS, read_jsonl
 from ..errors import LayerLMCError
 from . import interactive
@@ -163,7 +163,7 @@ def _section(records: RunRecords, where: Path, figures: _FigureIds, depth: int) 
             ends = points[(points["kind"] == "endpoint") & points["step"].isna()]
             ends = ends[["base", "split", "loss", "accuracy", "n"]]
             tables.append(("the two models", ends.rename(columns={"base": "model"}), False))
-        tables.append((f"barriers ({definition}, reference {reference}; loss in nats, error as a fraction)",
+        tables.append((f"barriers ({definition}, reference {reference_label(definition, reference)}; loss in nats, error as a fraction)",
                        summary_table(barriers, definition, reference), True))
         plots += [interactive.full_path_figure(points) if not points.empty else None,
                   interactive.layer_barriers_figure(barriers, definition, reference),
@@ -171,7 +171,7 @@ def _section(records: RunRecords, where: Path, figures: _FigureIds, depth: int) 
                   interactive.group_paths_figure(points) if not points.empty else None]
     if records.kind == "trajectory" and barriers is not None:
         tables.append((f"full-network barrier vs the largest single-group barrier (either base) per step "
-                       f"({definition}, reference {reference})",
+                       f"({definition}, reference {reference_label(definition, reference)})",
                        trajectory_summary(barriers, definition, reference), True))
         plots.append(interactive.barrier_steps_figure(barriers, definition, reference))
         plots += [interactive.heatmap_figure(spec) for spec in heatmap_specs(barriers, definition, reference)]

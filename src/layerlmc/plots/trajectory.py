@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..core.barriers import reference_label, row_reference, select_barriers
 from .common import file_name, save_png_pdf, step_key, step_label, unit_of
 
 #: Colorbar labels; error is stored as a fraction and shown in percentage points.
@@ -114,7 +115,8 @@ def heatmap_specs(barriers: pd.DataFrame, definition: str = "midpoint",
                                                           layer_rows[layer_rows["base"] == base])
                 for base in BASES
             }
-            title = f"{split} {metric}: layer-wise barriers ({definition}, reference {reference})"
+            title = (f"{split} {metric}: layer-wise barriers "
+                     f"({definition}, reference {reference_label(definition, reference)})")
             pending.append((_merge(panels), split, metric, title,
                             f"layerwise_{file_name(split)}_{metric}", True))
     for order in dict.fromkeys(cumulative["order"].dropna()):
@@ -126,7 +128,8 @@ def heatmap_specs(barriers: pd.DataFrame, definition: str = "midpoint",
                     continue
                 panels = {f"interpolated into {base}": _prefix_table(rows, base) for base in BASES}
                 title = (f"{split} {metric}: cumulative averaging starting from {order} layers "
-                         f"({definition}, reference {reference})")
+                         f"({definition}, reference "
+                         f"{row_reference(definition, reference, 'cumulative')})")
                 name = f"cumulative_{file_name(order)}_{file_name(split)}_{metric}"
                 pending.append((_merge(panels), split, metric, title, name, False))
     compared: dict[tuple[str, str], list[pd.DataFrame]] = {}
@@ -236,8 +239,7 @@ def plot_multimodel(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[P
 def _chosen(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
     if barriers is None or barriers.empty:
         return pd.DataFrame(columns=["step", "kind", "split", "metric"])
-    chosen = barriers[(barriers["definition"] == definition) & (barriers["reference"] == reference)]
-    chosen = chosen.copy()
+    chosen = select_barriers(barriers, definition, reference).copy()
     chosen["value"] = pd.to_numeric(chosen["value"], errors="coerce")
     chosen["group_index"] = pd.to_numeric(chosen["group_index"], errors="coerce")
     return chosen
