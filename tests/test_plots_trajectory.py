@@ -198,10 +198,10 @@ def test_heatmap_tables_follow_the_paper_layout(monkeypatch, tmp_path):
 
 
 def test_cell_decimals():
-    assert plots_trajectory._decimals(np.array([2.3, -0.04, np.nan])) == 1
-    assert plots_trajectory._decimals(np.array([0.04, -0.02])) == 2
-    assert plots_trajectory._decimals(np.array([0.004, np.nan])) == 3
-    assert plots_trajectory._decimals(np.array([0.0, np.nan])) == 1
+    assert plots_trajectory.cell_decimals(np.array([2.3, -0.04, np.nan])) == 1
+    assert plots_trajectory.cell_decimals(np.array([0.04, -0.02])) == 2
+    assert plots_trajectory.cell_decimals(np.array([0.004, np.nan])) == 3
+    assert plots_trajectory.cell_decimals(np.array([0.0, np.nan])) == 1
     assert file_name("random:0") == "random-0"
     assert file_name("list:abcd1234") == "list-abcd1234"
     assert file_name("") == "none" and group_file_name("") == "group"

@@ -155,6 +155,8 @@ def test_tables_of_other_studies_are_drawn(tmp_path):
     page = write_report(fed).read_text()
     assert "training: loss of each model" in page and "barrier of the clients" in page
     assert "history.jsonl: 1 damaged line skipped" in page
+    assert "barrier of the clients&#39; average against their mean (round 2;" in page  # the last round
+    assert "test loss: barrier of the clients" in page  # its heatmap: one panel, rows full + groups
     assert [c.kind for c in read_run_folder(fed).children] == ["multimodel"]
 
 

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from ..core.barriers import reference_label, select_barriers
 from .common import step_key, step_label, unit_of
-from .trajectory import BAR_LABEL, METRICS, SCALE, HeatmapSpec, largest_single_groups
+from .trajectory import BAR_LABEL, METRICS, SCALE, HeatmapSpec, cell_decimals, largest_single_groups
 
 #: One colour per split, and a dash per base, so that train/test and a/b read apart everywhere.
 SPLIT_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
@@ -34,6 +34,9 @@ def heatmap_figure(spec: HeatmapSpec) -> go.Figure:
     if spec.scale.saturated:
         label += (f"<br>scale from trained {spec.unit}s;<br>{spec.unit} "
                   f"{', '.join(spec.scale.saturated)} saturates")
+    # the PNG's number of decimals: as in the paper, more only when every value is small
+    decimals = cell_decimals(np.concatenate([SCALE[spec.metric] * t.to_numpy(dtype=float).ravel()
+                                             for t in spec.panels.values()]))
     for column, name in enumerate(names, start=1):
         table = spec.panels[name]
         grid = SCALE[spec.metric] * table.to_numpy(dtype=float)
@@ -42,7 +45,7 @@ def heatmap_figure(spec: HeatmapSpec) -> go.Figure:
         figure.add_trace(go.Heatmap(
             z=grid, x=steps, y=rows, zmin=-spec.scale.limit, zmax=spec.scale.limit,
             colorscale="RdBu_r", showscale=column == 1, colorbar={"title": {"text": label}},
-            text=np.vectorize(_cell_text)(grid), texttemplate="%{text}", xgap=1, ygap=1,
+            text=[[_cell_text(v, decimals) for v in row] for row in grid], texttemplate="%{text}", xgap=1, ygap=1,
             hovertemplate=(f"{name}<br>%{{y}} at {spec.unit} %{{x}}<br>barrier %{{z:.5g}}"
                            "<extra></extra>"), name=name,
         ), row=1, col=column)
@@ -304,7 +307,7 @@ def history_figure(history: pd.DataFrame) -> go.Figure | None:
             line={"color": _colour(index)},
             hovertemplate=f"{name}, {split}<br>{x} %{{x}}<br>loss %{{y:.5g}}<extra></extra>",
         ))
-    figure.update_xaxes(title_text=x)
+    figure.update_xaxes(title_text=x, **_step_ticks(frame[x]))
     figure.update_yaxes(title_text="loss")
     return _layout(figure, "training: loss of each model")
 
@@ -338,8 +341,8 @@ def _step_ticks(steps: pd.Series) -> dict:
     return {"tickvals": values} if 0 < len(values) <= 25 else {}
 
 
-def _cell_text(value: float) -> str:
-    return f"{value:.2f}" if np.isfinite(value) else "nan"
+def _cell_text(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if np.isfinite(value) else "nan"
 
 
 def _colour(index: int) -> str:

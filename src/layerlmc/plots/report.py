@@ -30,7 +30,7 @@ from ..core.barriers import compute_barriers, reference_label, summary_table, tr
 from ..core.records import BARRIER_COLUMNS, read_jsonl
 from ..errors import LayerLMCError
 from . import interactive
-from .trajectory import heatmap_specs
+from .trajectory import heatmap_specs, multimodel_specs
 
 REPORT_NAME = "report.html"
 
@@ -178,9 +178,11 @@ def _section(records: RunRecords, where: Path, figures: _FigureIds, depth: int) 
         plots.append(interactive.distances_figure(records.tables.get("distances")))
     if records.kind == "multimodel":
         table = records.tables["multimodel"]
-        plots += [interactive.heatmap_figure(spec) for spec in heatmap_specs(table, "average", "clients")]
-        tables.append(("barrier of the clients' average against their mean",
-                       table.drop(columns=["definition", "reference"], errors="ignore"), False))
+        last = table[table["step"] == table["step"].max()] if table["step"].notna().any() else table
+        unit = f"{last['unit'].iloc[0]} {last['step'].iloc[0]}" if len(last) and last["step"].notna().any() else ""
+        tables.append((f"barrier of the clients' average against their mean ({unit}; loss in nats, "
+                       f"error as a fraction)", summary_table(last, "average", "clients"), True))
+        plots += [interactive.heatmap_figure(spec) for spec in multimodel_specs(table)]
     if "robustness" in records.tables:
         plots.append(interactive.robustness_figure(records.tables["robustness"]))
     if "subspace" in records.tables:

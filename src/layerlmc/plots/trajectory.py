@@ -219,21 +219,32 @@ def plot_multimodel(table: pd.DataFrame, out: Path, *, dpi: int = DPI) -> list[P
     barrier of the K-client average (a group: averaged alone) against the clients' mean."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = _chosen(table, "average", "clients")
     files: list[Path] = []
+    for spec in multimodel_specs(table):
+        files += _heatmaps(spec.panels, spec.metric, spec.unit, spec.title, out / spec.name, dpi)
+    return files
+
+
+def multimodel_specs(table: pd.DataFrame) -> list[HeatmapSpec]:
+    """The multi-model heatmaps (one panel each: the clients' average against their mean), each
+    on its own colour scale."""
+    chosen = _chosen(table, "average", "clients")
     if chosen.empty:
-        return files
+        return []
     unit = unit_of(chosen)
+    specs = []
     for split in dict.fromkeys(chosen["split"]):
         for metric in METRICS:
             rows = _select(chosen, split, metric)
             if rows.empty:
                 continue
-            panel = {"average of the clients vs their mean": _layer_table(
+            panels = {"average of the clients vs their mean": _layer_table(
                 rows[rows["kind"] == "full"], rows[rows["kind"] == "group"])}
             title = f"{split} {metric}: barrier of the clients' average, full and one group at a time"
-            files += _heatmaps(panel, metric, unit, title, out / f"multimodel_{file_name(split)}_{metric}", dpi)
-    return files
+            specs.append(HeatmapSpec(panels, split, metric, unit, title,
+                                     f"multimodel_{file_name(split)}_{metric}", False,
+                                     colour_scale(list(panels.values()), metric)))
+    return specs
 
 
 def _chosen(barriers: pd.DataFrame, definition: str, reference: str) -> pd.DataFrame:
@@ -286,7 +297,7 @@ def _merge(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {name: table.reindex(index=rows, columns=columns) for name, table in tables.items()}
 
 
-def _decimals(values: np.ndarray) -> int:
+def cell_decimals(values: np.ndarray) -> int:
     """1 decimal as in the paper; more when every value is below 0.1 in size (else all "0.0")."""
     finite = np.abs(values[np.isfinite(values)])
     top = finite.max() if finite.size else 0.0
@@ -351,7 +362,7 @@ def _heatmaps(tables: dict[str, pd.DataFrame], metric: str, unit: str, title: st
     scale = scale or colour_scale(list(tables.values()), metric)
     grids = {name: SCALE[metric] * table.to_numpy(dtype=float) for name, table in tables.items()}
     every = np.concatenate([g.ravel() for g in grids.values()])
-    decimals = _decimals(every)
+    decimals = cell_decimals(every)
     finite = every[np.isfinite(every)]
     norm = matplotlib.colors.Normalize(vmin=-scale.limit, vmax=scale.limit)  # symmetric: white = 0
     cmap = plt.get_cmap(CMAP).with_extremes(bad="lightgrey")
