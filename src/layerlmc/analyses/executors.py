@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -172,8 +173,9 @@ class _Collect(logging.Handler):
 
 def _run_task(fn, task, threads):
     """Runs in a Ray worker: ``fn(task)`` with as many torch threads as the task was given,
-    and the warnings it gave (``layerlmc``'s and Python's), which a worker's hidden log would
-    otherwise swallow."""
+    the warnings it gave (``layerlmc``'s and Python's), which a worker's hidden log would
+    otherwise swallow, and the node it ran on."""
+    import ray
     import torch
 
     if torch.get_num_threads() != threads:
@@ -186,7 +188,7 @@ def _run_task(fn, task, threads):
     finally:
         log.removeHandler(collect)
     said = collect.messages + [(logging.WARNING, f"{w.category.__name__}: {w.message}") for w in caught]
-    return result, said
+    return result, said, ray.get_runtime_context().get_node_id()
 
 
 class RayExecutor:
@@ -257,10 +259,14 @@ class RayExecutor:
         self.tasks = 0  # tasks run, retries not counted
         self.retries = 0
         self._forwarded: set[str] = set()  # the workers' messages already logged here
+        self.nodes: collections.Counter[str] = collections.Counter()  # node id → tasks run
+        self._closed = False
         self.cpus_per_task = cpus_per_task
-        # Ray's own retries are off: ours are counted and logged
+        # Ray's own retries are off: ours are counted and logged. SPREAD: the tasks are
+        # independent and alike, so every node takes some from the start (Ray's default fills
+        # the driver's node first, and short tasks never leave it)
         self._remote = ray.remote(max_retries=0)(_run_task).options(
-            num_cpus=cpus_per_task, num_gpus=gpus_per_task)
+            num_cpus=cpus_per_task, num_gpus=gpus_per_task, scheduling_strategy="SPREAD")
         _pickle_user_code_by_value(ray)
 
     def share(self, value: V) -> RayShared[V]:
@@ -302,16 +308,14 @@ class RayExecutor:
                 index, task, attempt = pending.pop(ref)
                 try:
                     try:
-                        result, said = ray.get(ref)
+                        result, said, node = ray.get(ref)
                     except ray.exceptions.RayTaskError as err:
                         cause = getattr(err, "cause", None)
                         # a lost input fetched inside the task is the cluster's fault: retried
                         if isinstance(cause, lost_kinds) or not isinstance(cause, Exception):
                             raise cause if isinstance(cause, lost_kinds) else err from None
                         if isinstance(cause, ModuleNotFoundError):
-                            raise LayerLMCError(
-                                f"a Ray worker cannot import {cause.name}: install layerlmc (and "
-                                "the same torch and Python) on every node of the cluster") from None
+                            raise _not_installed(cause.name) from None
                         raise cause from None
                 except lost_kinds as err:
                     if attempt >= self.max_retries:
@@ -327,10 +331,16 @@ class RayExecutor:
                     submit(index, task, attempt + 1)
                     continue
                 except ray.exceptions.RayError as err:  # the cluster itself failed
+                    # a worker that cannot import the task's own module (layerlmc, torch) fails
+                    # before the task runs: Ray reports it as a system error with the text only
+                    missing = re.search(r"No module named '([\w.]+)'", str(err))
+                    if missing:
+                        raise _not_installed(missing.group(1)) from None
                     raise LayerLMCError(f"task {index} failed on Ray ({type(err).__name__}): "
                                         f"{first_line(err)}; rerun the command to continue from "
                                         "the records already written") from None
                 self._forward(said)
+                self.nodes[node] += 1
                 yield index, result
         finally:
             # When the caller stops early (an error, Ctrl-C), the tasks still in flight (at most
@@ -349,9 +359,12 @@ class RayExecutor:
                 log.log(level, "%s", message)
 
     def close(self) -> None:
-        if self.retries > 1:
+        if self.nodes and not self._closed:
+            log.info("Ray: %d tasks ran on %d node%s (%s)", sum(self.nodes.values()), len(self.nodes),
+                     "s" * (len(self.nodes) > 1), " + ".join(str(n) for n in self.nodes.values()))
+        if self.retries > 1 and not self._closed:
             log.warning("Ray: %d tasks ran again after their workers died", self.retries)
-            self.retries = 0
+        self._closed = True
         if self.started and self._ray.is_initialized():
             self._ray.shutdown()
         self.started = False
@@ -447,6 +460,11 @@ class PrivateNode:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _not_installed(module: str) -> LayerLMCError:
+    return LayerLMCError(f"a Ray worker cannot import {module}: install layerlmc (and the same "
+                         "torch and Python) on every node of the cluster")
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
