@@ -1,10 +1,12 @@
 """Executors: Ray gives the local executor's records, retries dead workers, ships data once."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import warnings
 
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ from layerlmc.core.checkpoints import load_state_dict, save_state_dict
 from layerlmc.core.records import RunDir, point_key
 from layerlmc.core.runs import round_checkpoint
 from layerlmc.errors import LayerLMCError
+from layerlmc.models import MLP
 from layerlmc.specs import build_model
 from layerlmc.train import federated
 
@@ -27,7 +30,7 @@ from .test_federated import fed_config  # noqa: F401 - a fixture
 
 ray = pytest.importorskip("ray")
 
-MLP = {"in_features": 16, "hidden": [12, 8], "num_classes": 3}
+MLP_ARGS = {"in_features": 16, "hidden": [12, 8], "num_classes": 3}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def pair_steps(tmp_path_factory):
     """Checkpoints of a and b at four steps around one initialization, and the data."""
     root = tmp_path_factory.mktemp("steps")
     torch.manual_seed(0)
-    model = build_model("mlp", MLP)
+    model = build_model("mlp", MLP_ARGS)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     for side in "ab":
         for step in range(4):
@@ -98,6 +101,20 @@ class Refuse:
         raise LayerLMCError(f"task {task} refused")
 
 
+class Warns:
+    """Says what a user needs to hear from inside a worker: layerlmc warnings (one the same in
+    every task, one of its own per task, one the driver said itself) and a Python warning."""
+
+    def __call__(self, task):
+        log = logging.getLogger("layerlmc")
+        log.warning("worker note: the same in every task")
+        log.warning("worker note: task %d", task)
+        log.warning("the driver said this already")
+        log.info("worker note: only information")  # as locally: not shown below WARNING
+        warnings.warn("a Python warning from a worker", UserWarning, stacklevel=1)
+        return task
+
+
 def test_local_and_ray_map_in_task_order(ray_executor):
     assert list(LocalExecutor().map(Double(), range(5))) == [0, 2, 4, 6, 8]
     assert list(ray_executor.map(Double(), range(7))) == [0, 2, 4, 6, 8, 10, 12]
@@ -115,6 +132,55 @@ def test_a_dead_worker_is_retried_and_bounded(ray_executor, tmp_path):
     # an error of the task itself is not retried: it is raised as it would be locally
     with pytest.raises(LayerLMCError, match="task 5 refused"):
         list(ray_executor.map(Refuse(), [5]))
+
+
+def test_worker_warnings_reach_the_driver_once_each(ray_executor, caplog):
+    executor = RayExecutor()  # joins the module's Ray instance, with counts of its own
+    with caplog.at_level(logging.INFO, logger="layerlmc"):
+        logging.getLogger("layerlmc").warning("the driver said this already")
+        assert list(executor.map(Warns(), range(4))) == [0, 1, 2, 3]
+        assert list(executor.map(Warns(), range(2))) == [0, 1]  # nothing new to say
+        executor.close()
+    said = [record.getMessage() for record in caplog.records]
+    assert said.count("worker note: the same in every task") == 1
+    assert said.count("the driver said this already") == 1  # the driver's own line only
+    assert said.count("UserWarning: a Python warning from a worker") == 1
+    assert sorted(m for m in said if m.startswith("worker note: task")) == [
+        f"worker note: task {i}" for i in range(4)]
+    assert "worker note: only information" not in said
+    assert "Ray: 6 tasks ran on 1 node (6)" in said
+
+
+class Untraceable(MLP):
+    """The test MLP with a branch on the data: torch.fx cannot trace it (the same numbers)."""
+
+    def forward(self, x):
+        if x.sum() > float("inf"):
+            return -super().forward(x)
+        return super().forward(x)
+
+
+def test_an_evaluator_fall_back_is_said_once_with_ray(pair_steps, ray_executor, tmp_path, caplog):
+    root, _, a, b, data = pair_steps
+    model = Untraceable(**MLP_ARGS)
+    with caplog.at_level(logging.WARNING, logger="layerlmc"):
+        trajectory(model, a, b, data, tmp_path / "ray", executor=RayExecutor(), evaluator="incremental",
+                   every=3, plots=False, progress=False)
+    said = [record.getMessage() for record in caplog.records]
+    # built by the driver, then by every worker: said by the driver, not again by each worker
+    assert len([m for m in said if "cannot be traced with torch.fx" in m]) == 1, said
+
+
+def test_retries_are_said_once_then_counted(ray_executor, tmp_path, caplog):
+    executor = RayExecutor(max_retries=2)
+    with caplog.at_level(logging.WARNING, logger="layerlmc"):
+        assert list(executor.map(DieOnce(tmp_path), [1, 2, 3])) == [101, 102, 103]
+        executor.close()
+    said = [record.getMessage() for record in caplog.records]
+    died = [m for m in said if m.startswith("a Ray worker died")]
+    assert len(died) == 1 and "running it again (each task up to 2 more times)" in died[0], said
+    assert "Ray: 3 tasks ran again after their workers died" in said
+    assert executor.retries == 3
 
 
 def test_unknown_executor_and_misplaced_address():
