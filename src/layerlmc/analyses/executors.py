@@ -394,8 +394,9 @@ class PrivateNode:
     leaves the node's dashboard and runtime-env agents running after a ``kill -9``.
 
     The node keeps its files (logs, sockets, the address file other drivers would find) in a
-    temporary folder of its own, removed with it, and listens only where this process can
-    reach it. Linux only (the supervisor adopts the orphans of the tree as a subreaper).
+    temporary folder of its own, removed with it. It listens where ``ray.init``'s instance
+    did: Ray binds every interface, and turns a node address of 127.0.0.1 into the machine's.
+    Linux only (the supervisor adopts the orphans of the tree as a subreaper).
     """
 
     #: how long the node may take to come up before the executor gives up
@@ -411,7 +412,7 @@ class PrivateNode:
         port = _free_port()
         self.address = f"127.0.0.1:{port}"
         command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                   f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+                   f"--port={port}", f"--num-cpus={num_cpus}",
                    "--include-dashboard=false", "--disable-usage-stats",
                    f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={self.folder}"]
         if _has_ray_client():  # it would take the fixed port 10001, which another node may hold
@@ -450,10 +451,14 @@ class PrivateNode:
         return "it exited at once"
 
     def stop(self) -> None:
-        """Ends the node and its supervisor (which removes the folder)."""
+        """Ends the node, its supervisor and its folder."""
         if self.process.stdin is not None and not self.process.stdin.closed:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()  # the supervisor's signal to end the node
+        # and SIGTERM, the same signal to it: a process forked from this one (and not exec'd)
+        # holds our end of the pipe open too
+        with contextlib.suppress(OSError):
+            self.process.terminate()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -81,8 +81,9 @@ def main(argv: list[str]) -> int:
     parent, folder, command = int(argv[0]), argv[1], argv[2:]
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     stop = []
+    # SIGTERM: PrivateNode.stop, also where a forked copy of the driver keeps our stdin open
+    # (Ctrl-C does not reach this session)
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     node = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         while not stop and node.poll() is None and os.getppid() == parent:
