@@ -108,9 +108,30 @@ def _cli(argv: list[str]) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=_environment())
 
 
+#: the test's MLP, with a pause in every forward pass: a cell lasts longer than a worker takes
+#: to start, so the first node to have a worker cannot run every cell before the other has one
+#: (Ray hands a leased worker one queued task after the other)
+SLOW_MODEL = '''
+import time
+from layerlmc.models import MLP
+
+class Slow(MLP):
+    def forward(self, x):
+        time.sleep(0.2)
+        return super().forward(x)
+
+def make():
+    return Slow(in_features=16, hidden=[12, 8], num_classes=3)
+'''
+
+
 def test_cells_run_on_both_nodes_and_equal_the_local_run(pair_steps, tmp_path):  # noqa: F811
     root, *_ = pair_steps
+    (tmp_path / "slow.py").write_text(SLOW_MODEL)
     args = _cli_args(root)
+    at = args.index("--model")
+    args[at:at + 8] = ["--model", f"{tmp_path / 'slow.py'}:make"]
+    args[args.index("--every") + 1] = "1"  # all four steps: 32 cells
     local = _cli([*args, "--out", str(tmp_path / "local")])
     assert local.returncode == 0, local.stderr
     with _cluster(1, _environment()) as address:
@@ -118,6 +139,7 @@ def test_cells_run_on_both_nodes_and_equal_the_local_run(pair_steps, tmp_path): 
     assert proc.returncode == 0, proc.stderr
     ran = re.search(r"Ray: (\d+) tasks ran on (\d+) nodes? \(([\d + ]+)\)", proc.stderr)
     assert ran, proc.stderr
+    print(f"\n{ran.group(0)}")  # with -s: how the cells were shared
     per_node = [int(n) for n in ran.group(3).split("+")]
     assert int(ran.group(2)) == 2 and all(n > 0 for n in per_node), proc.stderr
     records = _records(tmp_path / "ray")

@@ -262,11 +262,9 @@ class RayExecutor:
         self.nodes: collections.Counter[str] = collections.Counter()  # node id → tasks run
         self._closed = False
         self.cpus_per_task = cpus_per_task
-        # Ray's own retries are off: ours are counted and logged. SPREAD: the tasks are
-        # independent and alike, so every node takes some from the start (Ray's default fills
-        # the driver's node first, and short tasks never leave it)
+        # Ray's own retries are off: ours are counted and logged
         self._remote = ray.remote(max_retries=0)(_run_task).options(
-            num_cpus=cpus_per_task, num_gpus=gpus_per_task, scheduling_strategy="SPREAD")
+            num_cpus=cpus_per_task, num_gpus=gpus_per_task)
         _pickle_user_code_by_value(ray)
 
     def share(self, value: V) -> RayShared[V]:
