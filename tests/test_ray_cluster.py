@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from layerlmc.analyses import executors
+from layerlmc.analyses.executors import _free_port
 
 from .test_executors import _as_set, _cli_args, _records, pair_steps  # noqa: F401 - a fixture
 
@@ -44,12 +44,6 @@ class _NotInstalled:
 
 sys.meta_path.insert(0, _NotInstalled())
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _environment(**extra) -> dict:
