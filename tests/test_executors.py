@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from layerlmc.analyses import find_checkpoints
-from layerlmc.analyses.executors import LocalExecutor, RayExecutor, get_executor
+from layerlmc.analyses.executors import WORKER_DIED, LocalExecutor, RayExecutor, get_executor
 from layerlmc.api import federate, robustness, trajectory
 from layerlmc.cli.main import main
 from layerlmc.config import FederatedConfig, load_config
@@ -171,11 +171,15 @@ def test_an_evaluator_fall_back_is_said_once_with_ray(pair_steps, ray_executor, 
     assert len([m for m in said if "cannot be traced with torch.fx" in m]) == 1, said
 
 
-def test_retries_are_said_once_then_counted(ray_executor, tmp_path, caplog):
+def test_retries_are_said_once_then_counted(ray_executor, tmp_path, caplog, capfd):
     executor = RayExecutor(max_retries=2)
     with caplog.at_level(logging.WARNING, logger="layerlmc"):
         assert list(executor.map(DieOnce(tmp_path), [1, 2, 3])) == [101, 102, 103]
         executor.close()
+    time.sleep(2)  # Ray prints the raylet's notices from a thread of its own, a little later
+    printed = capfd.readouterr()
+    # not Ray's paragraph per dead worker either, on stdout amid the command's tables
+    assert WORKER_DIED not in printed.out + printed.err
     said = [record.getMessage() for record in caplog.records]
     died = [m for m in said if m.startswith("a Ray worker died")]
     assert len(died) == 1 and "running it again (each task up to 2 more times)" in died[0], said

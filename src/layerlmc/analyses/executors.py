@@ -266,6 +266,7 @@ class RayExecutor:
         self._remote = ray.remote(max_retries=0)(_run_task).options(
             num_cpus=cpus_per_task, num_gpus=gpus_per_task)
         _pickle_user_code_by_value(ray)
+        _quiet_worker_deaths(ray)
 
     def share(self, value: V) -> RayShared[V]:
         return RayShared(self._ray.put(value))
@@ -484,6 +485,29 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as err:
         raise LayerLMCError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}; "
                             "is `ray start --head` running there?") from None
+
+
+#: the start of the notice the raylet sends a driver for every worker that dies mid-task
+WORKER_DIED = "A worker died or was killed while executing a task"
+
+
+def _quiet_worker_deaths(ray) -> None:
+    """Drop the raylet's notice of a dead worker, which Ray prints on the driver's stdout
+    whatever ``log_to_driver`` says (a paragraph per death, amid the command's tables): the
+    retry that follows is said once here, and counted. Ray's other notices pass. Ray has no
+    setting for it, so this wraps its printer (where this Ray version has one)."""
+    module = ray._private.worker
+    printer = getattr(module, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_layerlmc", False):
+        return
+
+    def quiet(data, *args, **kwargs):
+        lines = [line for line in data.get("lines", []) if not str(line).startswith(WORKER_DIED)]
+        if lines or not data.get("lines"):
+            printer({**data, "lines": lines}, *args, **kwargs)
+
+    quiet._layerlmc = True
+    module.print_to_stdstream = quiet
 
 
 def _pickle_user_code_by_value(ray) -> None:
