@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from layerlmc.analyses import find_checkpoints
-from layerlmc.analyses.executors import WORKER_DIED, LocalExecutor, RayExecutor, get_executor
+from layerlmc.analyses.executors import (
+    WORKER_DIED,
+    LocalExecutor,
+    PrivateNode,
+    RayExecutor,
+    get_executor,
+)
 from layerlmc.api import federate, robustness, trajectory
 from layerlmc.cli.main import main
 from layerlmc.config import FederatedConfig, load_config
@@ -290,6 +296,29 @@ def test_unreachable_cluster_is_one_line_at_once(pair_steps, tmp_path):
     assert "Traceback" not in proc.stderr
     assert time.perf_counter() - began < 60  # not Ray's minute of retries
     assert not (tmp_path / "out").exists()
+
+
+REFUSED_FOR_GPUS = """
+import os, time
+from layerlmc.analyses.executors import RayExecutor
+from layerlmc.analyses.supervisor import descendants
+from layerlmc.errors import LayerLMCError
+try:
+    RayExecutor(num_cpus=1, gpus_per_task=1)
+except LayerLMCError as err:
+    print(err)
+time.sleep(0.5)
+print("left:", len(descendants(os.getpid())))
+"""
+
+
+@pytest.mark.skipif(not PrivateNode.supported(), reason="a private node needs Linux")
+def test_a_cluster_without_gpus_is_refused_and_its_node_ended():
+    # a process of its own: this one's Ray is running already and would be joined instead
+    proc = subprocess.run([sys.executable, "-c", REFUSED_FOR_GPUS], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "has 0 GPUs, and every task of a CUDA run needs one" in proc.stdout, proc.stderr
+    assert "left: 0" in proc.stdout, proc.stdout
 
 
 def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):

@@ -252,6 +252,10 @@ class RayExecutor:
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_task and gpus < gpus_per_task:
             # tasks asking for a GPU would wait for one forever
+            if self.started:  # what this started does not outlive the refusal
+                ray.shutdown()
+            if self.node is not None:
+                self.node.stop()
             raise LayerLMCError(f"the Ray cluster has {gpus:g} GPUs, and every task of a CUDA "
                                 "run needs one; use --device cpu or a cluster with GPUs")
         self.max_retries = max_retries
