@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -319,6 +320,25 @@ def test_a_cluster_without_gpus_is_refused_and_its_node_ended():
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert "has 0 GPUs, and every task of a CUDA run needs one" in proc.stdout, proc.stderr
     assert "left: 0" in proc.stdout, proc.stdout
+
+
+NEVER_CLOSED = """
+from layerlmc.analyses.executors import RayExecutor
+executor = RayExecutor(num_cpus=1)
+print(executor.node.process.pid, executor.node.folder, flush=True)
+"""
+
+
+@pytest.mark.skipif(not PrivateNode.supported(), reason="a private node needs Linux")
+def test_a_private_node_ends_with_a_process_that_never_closed_it():
+    proc = subprocess.run([sys.executable, "-c", NEVER_CLOSED], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    supervisor, folder = proc.stdout.split()
+    deadline = time.monotonic() + 20
+    while (Path("/proc", supervisor).exists() or Path(folder).exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path("/proc", supervisor).exists(), "the supervisor outlived its driver"
+    assert not Path(folder).exists(), "the node's folder outlived its driver"
 
 
 def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):

@@ -229,6 +229,16 @@ def _living_below(pid: int) -> dict[int, str]:
     return found
 
 
+def _node_folder(pid: int) -> str | None:
+    """The FOLDER argument of the private node's supervisor, if ``pid`` is that process."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    script = next((i for i, arg in enumerate(argv) if arg.endswith("supervisor.py")), None)
+    return argv[script + 2] if script is not None else None
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes in /proc")
 def test_ray_driver_killed_mid_run_leaves_no_ray_process_and_ends_like_a_clean_run(analysed):
     pytest.importorskip("ray")
@@ -251,6 +261,7 @@ def test_ray_driver_killed_mid_run_leaves_no_ray_process_and_ends_like_a_clean_r
             time.sleep(0.01)
         time.sleep(0.3)
         ray_before = {pid: name for pid, name in _living_below(harness.pid).items() if pid != driver}
+        folders = [_node_folder(pid) for pid in ray_before if _node_folder(pid)]
         assert driver in _living_below(harness.pid), "the Ray run ended before the kill"
         os.kill(driver, signal.SIGKILL)
         partial = _line_count(points)
@@ -267,6 +278,8 @@ def test_ray_driver_killed_mid_run_leaves_no_ray_process_and_ends_like_a_clean_r
     # the GCS, the raylet, the agents, the workers, ...: all of them were there, none is left
     assert len(ray_before) >= 4, ray_before
     assert not left, f"left behind by a kill -9 of the driver: {left}"
+    # and the node's folder (its logs and sockets) went with it
+    assert len(folders) == 1 and not Path(folders[0]).exists(), folders
     assert 0 < partial < len(_records(clean))
     # the rest locally (a Ray rerun after a kill: test_executors.py): the test stays fast
     _finish(args[: args.index("--executor")], env, log)

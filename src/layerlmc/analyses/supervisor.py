@@ -6,8 +6,8 @@ starts at once and needs nothing from layerlmc): it runs ``COMMAND`` (``ray star
 ``kill -9`` closes the pipe too, and hands us to another parent), ends every process below
 itself. Ray's node processes outlive their parent (the dashboard and runtime-env agents are
 orphaned, not killed, when the raylet dies), so this process makes itself their subreaper:
-orphans of the tree come to it instead of init, and none is missed. When the parent died, it
-also removes the node's FOLDER, which the parent would have removed.
+orphans of the tree come to it instead of init, and none is missed. Then it removes the node's
+FOLDER, unless the node ended by itself while the parent lives, which reads the log there.
 """
 
 from __future__ import annotations
@@ -85,15 +85,21 @@ def main(argv: list[str]) -> int:
     # (Ctrl-C does not reach this session)
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     node = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    failed = False  # the node ended by itself: its log in FOLDER says why, for the parent
     try:
-        while not stop and node.poll() is None and os.getppid() == parent:
+        while not stop and os.getppid() == parent:
+            if node.poll() is not None:
+                failed = True
+                break
             readable, _, _ = select.select([sys.stdin], [], [], 0.5)
             if readable and not os.read(sys.stdin.fileno(), 1024):
                 break  # the driver closed its end, or died
             reap()
     finally:
         end_tree(node.pid)
-        if os.getppid() != parent:
+        # the parent (PrivateNode.stop) removes the folder too, but it may be gone, or in
+        # its exit already: a pipe closes before a dying process is reaped
+        if not failed or os.getppid() != parent:
             shutil.rmtree(folder, ignore_errors=True)
     return node.returncode or 0
 
