@@ -1,17 +1,26 @@
 """Executors: Ray gives the local executor's records, retries dead workers, ships data once."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from layerlmc.analyses import find_checkpoints
-from layerlmc.analyses.executors import LocalExecutor, RayExecutor, get_executor
+from layerlmc.analyses.executors import (
+    WORKER_DIED,
+    LocalExecutor,
+    PrivateNode,
+    RayExecutor,
+    get_executor,
+)
 from layerlmc.api import federate, robustness, trajectory
 from layerlmc.cli.main import main
 from layerlmc.config import FederatedConfig, load_config
@@ -19,6 +28,7 @@ from layerlmc.core.checkpoints import load_state_dict, save_state_dict
 from layerlmc.core.records import RunDir, point_key
 from layerlmc.core.runs import round_checkpoint
 from layerlmc.errors import LayerLMCError
+from layerlmc.models import MLP
 from layerlmc.specs import build_model
 from layerlmc.train import federated
 
@@ -28,7 +38,7 @@ from .test_subspace import trained  # noqa: F401 - a fixture
 
 ray = pytest.importorskip("ray")
 
-MLP = {"in_features": 16, "hidden": [12, 8], "num_classes": 3}
+MLP_ARGS = {"in_features": 16, "hidden": [12, 8], "num_classes": 3}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,7 @@ def pair_steps(tmp_path_factory):
     """Checkpoints of a and b at four steps around one initialization, and the data."""
     root = tmp_path_factory.mktemp("steps")
     torch.manual_seed(0)
-    model = build_model("mlp", MLP)
+    model = build_model("mlp", MLP_ARGS)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     for side in "ab":
         for step in range(4):
@@ -99,6 +109,20 @@ class Refuse:
         raise LayerLMCError(f"task {task} refused")
 
 
+class Warns:
+    """Says what a user needs to hear from inside a worker: layerlmc warnings (one the same in
+    every task, one of its own per task, one the driver said itself) and a Python warning."""
+
+    def __call__(self, task):
+        log = logging.getLogger("layerlmc")
+        log.warning("worker note: the same in every task")
+        log.warning("worker note: task %d", task)
+        log.warning("the driver said this already")
+        log.info("worker note: only information")  # as locally: not shown below WARNING
+        warnings.warn("a Python warning from a worker", UserWarning, stacklevel=1)
+        return task
+
+
 def test_local_and_ray_map_in_task_order(ray_executor):
     assert list(LocalExecutor().map(Double(), range(5))) == [0, 2, 4, 6, 8]
     assert list(ray_executor.map(Double(), range(7))) == [0, 2, 4, 6, 8, 10, 12]
@@ -116,6 +140,59 @@ def test_a_dead_worker_is_retried_and_bounded(ray_executor, tmp_path):
     # an error of the task itself is not retried: it is raised as it would be locally
     with pytest.raises(LayerLMCError, match="task 5 refused"):
         list(ray_executor.map(Refuse(), [5]))
+
+
+def test_worker_warnings_reach_the_driver_once_each(ray_executor, caplog):
+    executor = RayExecutor()  # joins the module's Ray instance, with counts of its own
+    with caplog.at_level(logging.INFO, logger="layerlmc"):
+        logging.getLogger("layerlmc").warning("the driver said this already")
+        assert list(executor.map(Warns(), range(4))) == [0, 1, 2, 3]
+        assert list(executor.map(Warns(), range(2))) == [0, 1]  # nothing new to say
+        executor.close()
+    said = [record.getMessage() for record in caplog.records]
+    assert said.count("worker note: the same in every task") == 1
+    assert said.count("the driver said this already") == 1  # the driver's own line only
+    assert said.count("UserWarning: a Python warning from a worker") == 1
+    assert sorted(m for m in said if m.startswith("worker note: task")) == [
+        f"worker note: task {i}" for i in range(4)]
+    assert "worker note: only information" not in said
+    assert "Ray: 6 tasks ran on 1 node (6)" in said
+
+
+class Untraceable(MLP):
+    """The test MLP with a branch on the data: torch.fx cannot trace it (the same numbers)."""
+
+    def forward(self, x):
+        if x.sum() > float("inf"):
+            return -super().forward(x)
+        return super().forward(x)
+
+
+def test_an_evaluator_fall_back_is_said_once_with_ray(pair_steps, ray_executor, tmp_path, caplog):
+    root, _, a, b, data = pair_steps
+    model = Untraceable(**MLP_ARGS)
+    with caplog.at_level(logging.WARNING, logger="layerlmc"):
+        trajectory(model, a, b, data, tmp_path / "ray", executor=RayExecutor(), evaluator="incremental",
+                   every=3, plots=False, progress=False)
+    said = [record.getMessage() for record in caplog.records]
+    # built by the driver, then by every worker: said by the driver, not again by each worker
+    assert len([m for m in said if "cannot be traced with torch.fx" in m]) == 1, said
+
+
+def test_retries_are_said_once_then_counted(ray_executor, tmp_path, caplog, capfd):
+    executor = RayExecutor(max_retries=2)
+    with caplog.at_level(logging.WARNING, logger="layerlmc"):
+        assert list(executor.map(DieOnce(tmp_path), [1, 2, 3])) == [101, 102, 103]
+        executor.close()
+    time.sleep(2)  # Ray prints the raylet's notices from a thread of its own, a little later
+    printed = capfd.readouterr()
+    # not Ray's paragraph per dead worker either, on stdout amid the command's tables
+    assert WORKER_DIED not in printed.out + printed.err
+    said = [record.getMessage() for record in caplog.records]
+    died = [m for m in said if m.startswith("a Ray worker died")]
+    assert len(died) == 1 and "running it again (each task up to 2 more times)" in died[0], said
+    assert "Ray: 3 tasks ran again after their workers died" in said
+    assert executor.retries == 3
 
 
 def test_unknown_executor_and_misplaced_address():
@@ -226,6 +303,48 @@ def test_unreachable_cluster_is_one_line_at_once(pair_steps, tmp_path):
     assert "Traceback" not in proc.stderr
     assert time.perf_counter() - began < 60  # not Ray's minute of retries
     assert not (tmp_path / "out").exists()
+
+
+REFUSED_FOR_GPUS = """
+import os, time
+from layerlmc.analyses.executors import RayExecutor
+from layerlmc.analyses.supervisor import descendants
+from layerlmc.errors import LayerLMCError
+try:
+    RayExecutor(num_cpus=1, gpus_per_task=1)
+except LayerLMCError as err:
+    print(err)
+time.sleep(0.5)
+print("left:", len(descendants(os.getpid())))
+"""
+
+
+@pytest.mark.skipif(not PrivateNode.supported(), reason="a private node needs Linux")
+def test_a_cluster_without_gpus_is_refused_and_its_node_ended():
+    # a process of its own: this one's Ray is running already and would be joined instead
+    proc = subprocess.run([sys.executable, "-c", REFUSED_FOR_GPUS], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "has 0 GPUs, and every task of a CUDA run needs one" in proc.stdout, proc.stderr
+    assert "left: 0" in proc.stdout, proc.stdout
+
+
+NEVER_CLOSED = """
+from layerlmc.analyses.executors import RayExecutor
+executor = RayExecutor(num_cpus=1)
+print(executor.node.process.pid, executor.node.folder, flush=True)
+"""
+
+
+@pytest.mark.skipif(not PrivateNode.supported(), reason="a private node needs Linux")
+def test_a_private_node_ends_with_a_process_that_never_closed_it():
+    proc = subprocess.run([sys.executable, "-c", NEVER_CLOSED], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    supervisor, folder = proc.stdout.split()
+    deadline = time.monotonic() + 20
+    while (Path("/proc", supervisor).exists() or Path(folder).exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path("/proc", supervisor).exists(), "the supervisor outlived its driver"
+    assert not Path(folder).exists(), "the node's folder outlived its driver"
 
 
 def test_cli_runs_on_ray_and_refuses_an_address_without_it(pair_steps, ray_executor, tmp_path, capsys):

@@ -195,21 +195,52 @@ def _assert_like_clean(out: Path, clean: Path) -> None:
     assert not list(out.glob("*.tmp"))
 
 
-def _ray_agents() -> set[int]:
-    """Ray agent processes left to init by a killed driver (they outlive its local instance)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
+#: runs a command (argv[2:], output to the file argv[1]) as the child subreaper of whatever it
+#: leaves behind: a process orphaned by the command comes here, not to init, so the test can
+#: count it; prints the command's pid, then lives (reaping) until its stdin closes
+HARNESS = """
+import ctypes, os, select, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+with open(sys.argv[1], "ab") as log:
+    child = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+print(child.pid, flush=True)
+while not (select.select([sys.stdin], [], [], 0.1)[0] and not os.read(0, 1)):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+"""
+
+
+def _living_below(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` that still run (zombies are gone already), by name."""
+    from layerlmc.analyses.supervisor import descendants
+
+    found = {}
+    for child in descendants(pid):
         try:
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            stat = (Path("/proc") / str(child) / "stat").read_text()
+            cmdline = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
             continue
-        if title.startswith((b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")) and parent == 1:
-            found.add(int(entry.name))
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found[child] = os.path.basename(cmdline[0].decode(errors="replace")) or stat.split()[1]
     return found
 
 
-def test_ray_driver_killed_mid_run_ends_like_a_clean_run(analysed):
+def _node_folder(pid: int) -> str | None:
+    """The FOLDER argument of the private node's supervisor, if ``pid`` is that process."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    script = next((i for i, arg in enumerate(argv) if arg.endswith("supervisor.py")), None)
+    return argv[script + 2] if script is not None else None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="counts processes in /proc")
+def test_ray_driver_killed_mid_run_leaves_no_ray_process_and_ends_like_a_clean_run(analysed):
     pytest.importorskip("ray")
     env, clean = analysed["env"], analysed["clean"]
     out = analysed["root"] / "killed-ray"
@@ -217,21 +248,41 @@ def test_ray_driver_killed_mid_run_ends_like_a_clean_run(analysed):
     points = out / "points.jsonl"
     args = ["trajectory", str(analysed["pair"]), "--out", str(out), *TRAJECTORY_ARGS,
             "--executor", "ray"]
-    before = _ray_agents()
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(log), sys.executable, "-m",
+                                "layerlmc.cli.main", *args], env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
-        proc = _start(args, env, log)
+        driver = int(harness.stdout.readline())
+        deadline = time.monotonic() + 120
         # once the first cells are written: the kill lands amid cells in flight on workers
-        landed = _kill_when(proc, lambda: _line_count(points) > 0, 0.3, "ray driver",
-                            lambda: f"{_line_count(points)} lines")
-        assert landed, "the Ray run ended before the kill"
+        while _line_count(points) == 0:
+            assert driver in _living_below(harness.pid), f"the driver ended early: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the Ray run never wrote a record"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        ray_before = {pid: name for pid, name in _living_below(harness.pid).items() if pid != driver}
+        folders = [_node_folder(pid) for pid in ray_before if _node_folder(pid)]
+        assert driver in _living_below(harness.pid), "the Ray run ended before the kill"
+        os.kill(driver, signal.SIGKILL)
         partial = _line_count(points)
-        _finish(args, env, log)
+        deadline = time.monotonic() + 20
+        while (left := _living_below(harness.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        LANDED.append(("ray driver", True, f"{partial} lines, {len(ray_before)} Ray processes"))
     finally:
-        time.sleep(1)
-        for pid in _ray_agents() - before:  # see docs/reliability.md
+        for pid in _living_below(harness.pid):  # ours, whatever the outcome: none may linger
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        harness.stdin.close()
+        harness.wait(timeout=60)
+    # the GCS, the raylet, the agents, the workers, ...: all of them were there, none is left
+    assert len(ray_before) >= 4, ray_before
+    assert not left, f"left behind by a kill -9 of the driver: {left}"
+    # and the node's folder (its logs and sockets) went with it
+    assert len(folders) == 1 and not Path(folders[0]).exists(), folders
     assert 0 < partial < len(_records(clean))
+    # the rest locally (a Ray rerun after a kill: test_executors.py): the test stays fast
+    _finish(args[: args.index("--executor")], env, log)
     _assert_like_clean(out, clean)
 
 
