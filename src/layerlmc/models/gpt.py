@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.permutations import PermutationGroup, register_spec
 from ..errors import LayerLMCError
 from ..registry import models
 
@@ -135,3 +136,19 @@ def char_gpt(vocab_size: int = 155, block_size: int = 128, dim: int = 128, depth
              heads: int = 4, dropout: float = 0.0, bias: bool = False,
              tie: bool = False) -> CharGPT:
     return CharGPT(vocab_size, block_size, dim, depth, heads, dropout, bias, tie)
+
+
+def char_gpt_spec(model: CharGPT) -> tuple[PermutationGroup, ...]:
+    """Each block's attention heads (as wholes) and MLP hidden units; the residual stream
+    (embeddings, LayerNorms, head) stays unpermuted, as in :func:`~layerlmc.models.vit.vit_spec`."""
+    from .vit import attention_heads, hidden_units
+
+    keys = model.state_dict().keys()
+    spec = []
+    for k, block in enumerate(model.blocks):
+        spec.append(attention_heads(f"blocks.{k}.attn", block.attn.heads, block.attn.proj.in_features, keys))
+        spec.append(hidden_units(f"blocks.{k}.mlp", block.mlp.fc.out_features, keys, "fc", "proj"))
+    return tuple(spec)
+
+
+register_spec(CharGPT, char_gpt_spec)

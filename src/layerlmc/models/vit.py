@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.permutations import Axis, PermutationGroup, register_spec
 from ..errors import LayerLMCError
 from ..registry import models
 
@@ -116,3 +117,41 @@ def vit(image_size: int = 28, patch_size: int = 7, in_channels: int = 1, num_cla
     CIFAR-10 use ``image_size=32 patch_size=4 in_channels=3`` (the paper: dim 512, depth 6,
     heads 16, mlp_dim 1024)."""
     return ViT(image_size, patch_size, in_channels, num_classes, dim, depth, heads, mlp_dim)
+
+
+def attention_heads(prefix: str, heads: int, dim: int, state_keys, qkv: str = "qkv",
+                    proj: str = "proj") -> PermutationGroup:
+    """The heads of one attention layer, permuted as wholes: the rows of ``qkv`` are
+    ``(q|k|v, head, head_dim)`` and the columns of ``proj`` ``(head, head_dim)``, so moving
+    head h moves its query, key and value rows and its output columns together."""
+    block = dim // heads
+    axes = [Axis(f"{prefix}.{qkv}.weight", 0, 3, block)]
+    if f"{prefix}.{qkv}.bias" in state_keys:
+        axes.append(Axis(f"{prefix}.{qkv}.bias", 0, 3, block))
+    axes.append(Axis(f"{prefix}.{proj}.weight", 1, 1, block))
+    return PermutationGroup(f"{prefix}.heads", heads, tuple(axes))
+
+
+def hidden_units(prefix: str, size: int, state_keys, inner: str, outer: str) -> PermutationGroup:
+    """The hidden units of an MLP ``outer(act(inner(x)))``."""
+    axes = [Axis(f"{prefix}.{inner}.weight", 0)]
+    if f"{prefix}.{inner}.bias" in state_keys:
+        axes.append(Axis(f"{prefix}.{inner}.bias", 0))
+    axes.append(Axis(f"{prefix}.{outer}.weight", 1))
+    return PermutationGroup(f"{prefix}.{inner}", size, tuple(axes))
+
+
+def vit_spec(model: ViT) -> tuple[PermutationGroup, ...]:
+    """Each block's attention heads (as wholes) and MLP hidden units. The residual stream
+    (patch embedding, positions, norms, head) is left unpermuted: permuting it is a symmetry
+    too, but one shared by every block, and git re-basin's transformer results come from heads
+    and MLPs. torch.fx cannot trace this ViT (its input-size check), hence a written spec."""
+    keys = model.state_dict().keys()
+    spec = []
+    for k, block in enumerate(model.blocks):
+        spec.append(attention_heads(f"blocks.{k}.attn", block.attn.heads, block.attn.proj.in_features, keys))
+        spec.append(hidden_units(f"blocks.{k}.mlp", block.mlp.fc1.out_features, keys, "fc1", "fc2"))
+    return tuple(spec)
+
+
+register_spec(ViT, vit_spec)
