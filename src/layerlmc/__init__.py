@@ -17,7 +17,7 @@ The layers of the package, from the bottom up (docs/design.md): ``core`` → ``e
 from . import hf as _hf  # noqa: F401  (registers the Hugging Face folder loader)
 from ._compat import install as _install_compat
 from ._version import __version__  # noqa: F401
-from .api import barriers, deep_linear_study, federate, report, robustness, subspace, trajectory
+from .api import align, barriers, deep_linear_study, federate, report, robustness, subspace, trajectory
 from .core.averaging import aggregate
 from .core.barriers import compute_barriers, summary_table
 from .core.checkpoints import check_pair, load_state_dict, save_state_dict
@@ -36,6 +36,7 @@ from .core.records import RunDir
 from .data.partition import partition
 from .errors import LayerLMCError
 from .evaluate import Evaluator, Metrics
+from .evaluate.alignment import AlignOptions
 from .evaluate.options import EvalOptions
 from .evaluate.points import evaluate_paths
 from .train import train_runs
@@ -44,6 +45,7 @@ from .train import train_runs
 _install_compat()
 
 __all__ = [
+    "AlignOptions",
     "EvalOptions",
     "Evaluator",
     "LayerGroup",
@@ -54,6 +56,7 @@ __all__ = [
     "Point",
     "RunDir",
     "aggregate",
+    "align",
     "barriers",
     "check_pair",
     "compute_barriers",

@@ -26,7 +26,10 @@ from .analyses.subspace import subspace as subspace_analysis
 from .analyses.theory.deep_linear import deep_linear_study as deep_linear_analysis
 from .analyses.trajectory import trajectory as trajectory_analysis
 from .config import FederatedConfig
+from .core.checkpoints import StateDict, check_pair, load_state_dict, reorder_like, save_state_dict
+from .core.permutations import Matching
 from .core.records import RunDir
+from .evaluate.alignment import AlignOptions, align_pair, matching_summary, save_matching
 from .train import federated
 
 Draw = Callable[[object, Path, Mapping[str, object]], object]
@@ -119,6 +122,42 @@ def federate(config: FederatedConfig, out: str | Path | None = None, progress: b
     return folder
 
 
+def align(model, a: StateDict | str | Path, b: StateDict | str | Path, *, method: str = "weight",
+          data: Mapping[str, object] | None = None, out: str | Path | None = None, seed: int = 0,
+          max_rounds: int = 100, split: str = "train",
+          examples: int = 1000) -> tuple[StateDict, Matching]:
+    """``b`` with its hidden units permuted onto ``a``'s, and the matching (its ``perms``: group
+    name → permutation, ``rounds``, ``converged``).
+
+    ``method``: ``weight`` (weight matching, seeded coordinate descent of at most
+    ``max_rounds`` rounds) or ``activation`` (correlations of unit outputs on ``examples``
+    examples of ``data[split]``). The permuted ``b`` computes what ``b`` computes. With
+    ``out`` (a ``.safetensors`` file), it is saved there, the permutations beside it as
+    ``NAME.permutations.safetensors`` and the summary as ``NAME.alignment.json``.
+    """
+    import json
+
+    state_a = load_state_dict(a) if isinstance(a, (str, Path)) else dict(a)
+    state_b = load_state_dict(b) if isinstance(b, (str, Path)) else dict(b)
+    expected = model.state_dict()
+    check_pair(state_a, state_b, expected)
+    state_a, state_b = reorder_like(state_a, expected), reorder_like(state_b, expected)
+    options = AlignOptions(align=method, align_seed=seed, align_rounds=max_rounds,
+                           align_split=split, align_examples=examples)
+    if method == "none":
+        from .errors import LayerLMCError
+
+        raise LayerLMCError("align: choose a method, weight or activation")
+    aligned, matching = align_pair(model, state_a, state_b, data, options)
+    if out is not None:
+        out = Path(out)
+        stem = out.name.removesuffix(out.suffix)
+        save_state_dict(aligned, out)
+        save_matching(out.parent, matching, f"{stem}.permutations.safetensors")
+        (out.parent / f"{stem}.alignment.json").write_text(json.dumps(matching_summary(matching), indent=1) + "\n")
+    return aligned, matching
+
+
 def report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report page of a run folder from its records alone (default
     ``folder/report.html``) and return its path; see :mod:`layerlmc.plots.report`."""
@@ -127,5 +166,5 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
     return write_report(folder, out)
 
 
-__all__ = ["barriers", "deep_linear_study", "federate", "report", "robustness", "subspace",
+__all__ = ["align", "barriers", "deep_linear_study", "federate", "report", "robustness", "subspace",
            "trajectory", "with_figures"]

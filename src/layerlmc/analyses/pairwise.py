@@ -19,6 +19,14 @@ from ..core.checkpoints import StateDict, check_pair, load_state_dict, reorder_l
 from ..core.options import flat_options
 from ..core.plan import FULL_ALPHAS, PathOptions, plan_paths
 from ..core.records import RunDir
+from ..evaluate.alignment import (
+    AlignOptions,
+    align_pair,
+    alignment_input,
+    matching_summary,
+    save_matching,
+    write_alignment,
+)
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..evaluate.points import evaluate_paths
 from .cells import evaluate_steps
@@ -37,6 +45,7 @@ def barriers(
     *,
     paths: PathOptions = PathOptions(),
     evaluation: EvalOptions = EvalOptions(),
+    alignment: AlignOptions = AlignOptions(),
     out: str | FilePath | None = None,
     executor: str | Executor = "local",
     address: str | None = None,
@@ -84,6 +93,8 @@ def barriers(
     check_pair(state_a, state_b, expected)
     # groups follow the model's order, whatever order the files stored (safetensors sorts keys)
     state_a, state_b = reorder_like(state_a, expected), reorder_like(state_b, expected)
+    digest_b = state_digest(state_b)  # the input is the checkpoint given, whatever its alignment
+    state_b, matching = align_pair(model, state_a, state_b, data, alignment)
     paths = paths.with_alphas(FULL_ALPHAS)
     planned = plan_paths(state_a, model, paths=paths)
     chosen = build_evaluator(model, data, state_a, evaluation=evaluation)
@@ -92,9 +103,10 @@ def barriers(
         run = None
         if out is not None:
             run = RunDir(out)
-            inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": state_digest(state_b),
+            inputs = {"checkpoint a": state_digest(state_a), "checkpoint b": digest_b,
                       **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
-                                        chosen.bn_summary, chosen.precision)}
+                                        chosen.bn_summary, chosen.precision),
+                      "alignment": alignment_input(alignment)}
             settings = dict(config) if config is not None else {
                 "groups": paths.groups, "patterns": list(paths.patterns),
                 "layers": list(paths.layers or []), "layerwise": paths.layerwise,
@@ -108,8 +120,12 @@ def barriers(
                 "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
                 "bn_split": evaluation.bn_split, "evaluator": evaluation.evaluator,
                 "precision": evaluation.precision, "loss_mean": evaluation.loss_mean,
+                "align": alignment.align, "align_seed": alignment.align_seed,
             }
             run.claim(inputs, settings, str(chosen.device))
+            if matching is not None:
+                save_matching(run.path, matching)
+                write_alignment(run.path, [matching_summary(matching)])
         with run.status_on_error() if run is not None else contextlib.nullcontext():
             records = evaluate_steps(runner, chosen, [(None, state_a, state_b)], planned, run=run,
                                      unit=None, progress=progress)

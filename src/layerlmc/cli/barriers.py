@@ -13,6 +13,7 @@ from ..core.options import settings_of
 from ..core.records import RunDir
 from ..specs import build_data, build_model, parse_kwargs
 from .options import (
+    align_options,
     data_options,
     eval_options,
     executor_options,
@@ -20,6 +21,7 @@ from .options import (
     model_options,
     path_options,
     print_table,
+    study_alignment,
     study_evaluation,
     study_paths,
 )
@@ -35,6 +37,7 @@ from .options import (
 @path_options(alphas_default="0:1:11")
 @eval_options()
 @click.option("--extrapolate", is_flag=True, help="Allow alphas outside [0, 1].")
+@align_options
 @executor_options("the cells (the endpoints, then each path)")
 def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_spec, data_args, out,
                      extrapolate, executor, address, **options) -> None:
@@ -49,6 +52,8 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
       layerlmc barriers pythia_a/ pythia_b/ --data hf-text --data-arg tokenizer=pythia_a --out runs/hf
       layerlmc barriers A.pt B.pt --model net.py:make --data data.py:splits --out runs/ab \\
           --cumulative shallow --executor ray --address ray://head:10001
+      layerlmc barriers A.pt B.pt --model resnet20 --data fmnist --align weight \\
+          --cumulative shallow --out runs/ab-aligned
     """
     if model_spec is None:
         from ..hf import is_hf_folder
@@ -59,13 +64,15 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
     model_kwargs = parse_kwargs(model_args, "--model-arg")
     data_kwargs = parse_kwargs(data_args, "--data-arg")
     paths, evaluation = study_paths(options, extrapolate=extrapolate), study_evaluation(options)
+    alignment = study_alignment(options)
     config = {"a": str(checkpoint_a), "b": str(checkpoint_b), "model": model_spec, "model_args": model_kwargs,
-              "data": data_spec, "data_args": data_kwargs, **settings_of(paths, evaluation),
+              "data": data_spec, "data_args": data_kwargs, **settings_of(paths, evaluation, alignment),
               "plots": options["plots"]}
     model = build_model(model_spec, model_kwargs)
     a, b = load_state_dict(checkpoint_a), load_state_dict(checkpoint_b)
     data = build_data(data_spec, data_kwargs)
-    table = barriers(model, a, b, data, paths=paths, evaluation=evaluation, out=out, config=config,
+    table = barriers(model, a, b, data, paths=paths, evaluation=evaluation, alignment=alignment,
+                     out=out, config=config,
                      executor=executor, address=address, plots=options["plots"])
     report(table, out, paths.definitions, paths.references, options["plots"])
 
@@ -85,6 +92,8 @@ def report(table: pd.DataFrame, out: Path, definitions, references, plots: bool 
     click.echo("")
     click.echo(f"records:  {out / 'points.jsonl'}")
     click.echo(f"barriers: {out / 'barriers.csv'}")
+    if (out / "alignment.json").exists():
+        click.echo(f"aligned:  {out / 'permutations.safetensors'} ({out / 'alignment.json'})")
     for figure in sorted((out / "figures").glob("*.png")) if plots else ():
         click.echo(f"figure:   {figure}")
 

@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..errors import LayerLMCError
+from .align import align_command
 from .barriers import barriers_command, groups_command
 from .federate import federate_command
 from .ls import ls_command
@@ -28,6 +29,7 @@ def cli() -> None:
     """Layer-wise linear mode connectivity: which layers make averaging two networks fail."""
 
 
+cli.add_command(align_command)
 cli.add_command(barriers_command)
 cli.add_command(groups_command)
 cli.add_command(ls_command)

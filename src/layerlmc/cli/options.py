@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..core.groups import SCHEMES
 from ..core.plan import PathOptions
+from ..evaluate.alignment import METHODS, AlignOptions
 from ..evaluate.auto import EVALUATORS
 from ..evaluate.batchnorm import BN_POLICIES
 from ..evaluate.options import EvalOptions
@@ -142,6 +143,33 @@ def eval_options(max_examples_default: int | None = None) -> Callable:
     )
 
 
+def align_options(func):
+    """--align and its settings: permute b's hidden units onto a's before measuring."""
+    return _stack(
+        click.option("--align", type=click.Choice(METHODS), default="none", show_default=True,
+                     help="Permute b's hidden units onto a's first: weight matching, or "
+                          "activation matching on examples of the data (git re-basin). An "
+                          "input: a folder computed with one alignment refuses another."),
+        click.option("--align-seed", type=int, default=0, show_default=True,
+                     help="Seed of weight matching's group order and of activation matching's "
+                          "examples."),
+        click.option("--align-rounds", type=click.IntRange(min=1), default=100, show_default=True,
+                     help="Weight matching stops after this many rounds (alignment.json says "
+                          "whether it converged)."),
+        click.option("--align-split", default="train", show_default=True,
+                     help="--align activation: the split whose examples are compared."),
+        click.option("--align-examples", type=click.IntRange(min=1), default=1000,
+                     show_default=True, help="--align activation: how many examples."),
+    )(func)
+
+
+def study_alignment(options: dict) -> AlignOptions:
+    """The alignment of a study from the parsed options of :func:`align_options`."""
+    return AlignOptions(align=options["align"], align_seed=options["align_seed"],
+                        align_rounds=options["align_rounds"], align_split=options["align_split"],
+                        align_examples=options["align_examples"])
+
+
 def executor_options(what: str) -> Callable:
     """--executor and --address: where the independent pieces of a command run."""
     return _stack(
@@ -230,6 +258,6 @@ def print_table(table: pd.DataFrame, title: str, note: str | None = None) -> Non
         click.echo(note)
 
 
-__all__ = ["data_options", "eval_options", "executor_options", "group_options", "model_options",
-           "path_options", "precision_option", "print_table", "source_options", "study_evaluation",
+__all__ = ["align_options", "data_options", "eval_options", "executor_options", "group_options", "model_options",
+           "path_options", "precision_option", "print_table", "source_options", "study_alignment", "study_evaluation",
            "study_paths"]

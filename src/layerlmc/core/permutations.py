@@ -61,6 +61,9 @@ class PermutationGroup:
     name: str
     size: int
     axes: tuple[Axis, ...]
+    #: modules whose outputs carry these units, with the dim that holds them: what activation
+    #: matching compares (empty: the group can only be matched by its weights)
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 Spec = tuple[PermutationGroup, ...]
@@ -218,6 +221,7 @@ class _Unit:
     name: str
     size: int
     axes: list[Axis]
+    sources: list[tuple[str, int]]
     fixed_by: str | None = None
 
 
@@ -243,8 +247,8 @@ class _Tracer:
             i = self.parent[i]
         return i
 
-    def new(self, name: str, size: int, axes: list[Axis]) -> int:
-        self.units.append(_Unit(name, size, axes))
+    def new(self, name: str, size: int, axes: list[Axis], dim: int) -> int:
+        self.units.append(_Unit(name, size, axes, [(name, dim)]))
         self.parent.append(len(self.parent))
         return len(self.units) - 1
 
@@ -268,6 +272,7 @@ class _Tracer:
             return None
         keep, drop = min(i, j), max(i, j)  # the group produced first names the merged one
         self.units[keep].axes += self.units[drop].axes
+        self.units[keep].sources += self.units[drop].sources
         self.units[keep].fixed_by = self.units[keep].fixed_by or self.units[drop].fixed_by
         self.parent[drop] = keep
         return _Value(keep, x.layout)
@@ -285,7 +290,7 @@ class _Tracer:
             if module.groups == 1:
                 if value is not None:
                     self.add_axes(value, [Axis(weight, 1)])
-                return _Value(self.new(target, module.out_channels, [Axis(weight, 0), *bias]), "chan")
+                return _Value(self.new(target, module.out_channels, [Axis(weight, 0), *bias], 1), "chan")
             if module.groups == module.in_channels == module.out_channels:
                 # depthwise: each channel is filtered alone, so its output keeps its input's unit
                 if value is not None:
@@ -305,9 +310,9 @@ class _Tracer:
                                         f"match {size} units)")
                     else:
                         self.add_axes(value, [Axis(weight, 1, 1, block)])
-            return _Value(self.new(target, module.out_features, [Axis(weight, 0), *bias]), "last")
+            return _Value(self.new(target, module.out_features, [Axis(weight, 0), *bias], -1), "last")
         if isinstance(module, nn.Embedding):
-            return _Value(self.new(target, module.embedding_dim, [Axis(weight, 1)]), "last")
+            return _Value(self.new(target, module.embedding_dim, [Axis(weight, 1)], -1), "last")
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
             if value is None:
                 return None
@@ -406,7 +411,7 @@ def trace_spec(model: nn.Module) -> Spec:
         elif node.op == "output":
             fix_all(node, "the output")
     roots = sorted({tracer.find(i) for i in range(len(tracer.units))})
-    spec = tuple(PermutationGroup(u.name, u.size, tuple(u.axes))
+    spec = tuple(PermutationGroup(u.name, u.size, tuple(u.axes), tuple(u.sources))
                  for u in (tracer.units[i] for i in roots) if u.fixed_by is None)
     if not spec:
         reasons = sorted({tracer.units[i].fixed_by for i in roots if tracer.units[i].fixed_by})

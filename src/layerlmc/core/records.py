@@ -41,7 +41,7 @@ BARRIER_COLUMNS = (
 #: Inputs added to ``run.json`` after folders were written without them, with the value every
 #: such folder was computed with: a folder that lacks the key is compared as if it held this
 #: (an old folder continues in fp32, and refuses bf16)
-INPUT_DEFAULTS = {"precision": "fp32", "loss mean": "example"}
+INPUT_DEFAULTS = {"precision": "fp32", "loss mean": "example", "alignment": "none"}
 
 
 def point_key(record: Mapping) -> tuple:

@@ -138,7 +138,7 @@ def hidden_units(prefix: str, size: int, state_keys, inner: str, outer: str) -> 
     if f"{prefix}.{inner}.bias" in state_keys:
         axes.append(Axis(f"{prefix}.{inner}.bias", 0))
     axes.append(Axis(f"{prefix}.{outer}.weight", 1))
-    return PermutationGroup(f"{prefix}.{inner}", size, tuple(axes))
+    return PermutationGroup(f"{prefix}.{inner}", size, tuple(axes), ((f"{prefix}.{inner}", -1),))
 
 
 def vit_spec(model: ViT) -> tuple[PermutationGroup, ...]:
