@@ -237,3 +237,57 @@ def test_cli_align_and_barriers_align(tmp_path, capsys):
     assert main(["align", str(a), str(b), "--model", "mlp", "--model-arg", "hidden=[8]",
                  "--method", "activation", "--out", str(out)]) == 2
     assert "needs data" in capsys.readouterr().err
+
+
+def _steps_of_permuted_copies(tmp_path, same_permutation: bool):
+    """Checkpoints of a at steps 0, 1, 2 and of b = a permuted (per step, or one permutation)."""
+    model = build_model("mlp", {"in_features": 6, "hidden": [10, 8], "num_classes": 3})
+    spec = permutation_spec(model)
+    for step in range(3):
+        torch.manual_seed(step)
+        state = build_model("mlp", {"in_features": 6, "hidden": [10, 8], "num_classes": 3}).state_dict()
+        perms = random_permutations(spec, seed=0 if same_permutation else step + 5)
+        save_state_dict(state, tmp_path / "a" / f"epoch_{step:04d}.safetensors")
+        save_state_dict(apply_permutation(state, spec, perms), tmp_path / "b" / f"epoch_{step:04d}.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    data = {"test": (torch.randn(40, 6, generator=generator), torch.randint(0, 3, (40,), generator=generator))}
+    return model, data
+
+
+@pytest.mark.parametrize("align_to", ["step", "final"])
+def test_trajectory_align_each_step_or_the_final_permutation(tmp_path, align_to):
+    model, data = _steps_of_permuted_copies(tmp_path, same_permutation=align_to == "final")
+    out = tmp_path / f"run-{align_to}"
+    table, distances = layerlmc.trajectory(model, tmp_path / "a", tmp_path / "b", data, out,
+                                           align="weight", align_to=align_to, plots=False)
+    full = table[(table.kind == "full") & (table.metric == "loss")]
+    assert len(full) == 3 and full["value"].abs().max() < 1e-6
+    assert distances[distances.group == "full"]["l2_ab"].max() < 1e-6
+    summaries = json.loads((out / "alignment.json").read_text())
+    assert [s["step"] for s in summaries] == [0, 1, 2] and {s["to"] for s in summaries} == {align_to}
+    assert sorted(p.name for p in (out / "permutations").iterdir()) == [
+        f"epoch_{s:04d}.safetensors" for s in range(3)]
+    other = "final" if align_to == "step" else "step"
+    with pytest.raises(LayerLMCError, match="alignment"):
+        layerlmc.trajectory(model, tmp_path / "a", tmp_path / "b", data, out, align="weight",
+                            align_to=other, plots=False)
+
+
+def test_final_permutation_differs_from_per_step_alignment(tmp_path):
+    """Per-step copies permuted differently: only each step's own permutation removes them all."""
+    model, data = _steps_of_permuted_copies(tmp_path, same_permutation=False)
+    table, _ = layerlmc.trajectory(model, tmp_path / "a", tmp_path / "b", data, tmp_path / "run",
+                                   align="weight", align_to="final", plots=False)
+    full = table[(table.kind == "full") & (table.metric == "loss")].set_index("step")["value"]
+    assert abs(full[2]) < 1e-6 and (full[[0, 1]].abs() > 1e-4).all()
+
+
+def test_robustness_align(tmp_path):
+    model, data = _steps_of_permuted_copies(tmp_path, same_permutation=True)
+    a, b = tmp_path / "a" / "epoch_0002.safetensors", tmp_path / "b" / "epoch_0002.safetensors"
+    table = layerlmc.robustness(model, a, b, data, tmp_path / "rob", samples=1, align="weight", plots=False)
+    averaging = table[(table.direction == "average") & (table.step_fraction == 1.0)]
+    # with b aligned to a copy of a, a full step toward b changes nothing
+    base = table[(table.step_fraction == 0.0) & (table.direction == "average")]
+    assert averaging["loss_mean"].to_numpy() == pytest.approx(base["loss_mean"].to_numpy()[:len(averaging)], abs=1e-5)
+    assert (tmp_path / "rob" / "permutations.safetensors").exists()

@@ -38,6 +38,7 @@ from ..core.plan import as_list
 from ..core.records import SCHEMA, RunDir, point_key
 from ..errors import LayerLMCError
 from ..evaluate import Evaluator, Metrics
+from ..evaluate.alignment import AlignOptions, StepAligner, alignment_input
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from ..evaluate.points import bar_disabled, evaluate_paths
 from .cells import PathWork, evaluate_cells
@@ -400,6 +401,7 @@ def robustness(
     steps: Sequence[int] | None = None,
     allow_missing: bool = False,
     evaluation: EvalOptions = EvalOptions(),
+    alignment: AlignOptions = AlignOptions(),
     executor: str | Executor = "local",
     address: str | None = None,
     progress: bool | None = None,
@@ -424,6 +426,11 @@ def robustness(
     ``executor`` (``local``, ``ray`` with the cluster's ``address``, or an
     :class:`~layerlmc.analyses.executors.Executor`) runs the cells (per step: each averaging path, and
     each group and base's random directions); the records are the same.
+
+    ``alignment`` (``align="weight"`` or ``"activation"``, as in :func:`layerlmc.barriers`)
+    permutes each step's ``b`` onto its ``a`` first (each step its own permutation), so the
+    averaging direction is that of the aligned pair; the permutations are saved next to the
+    records.
 
     Returns the ``robustness.csv`` table (:func:`robustness_table`). With ``out``, the folder
     gets ``config.yaml``, ``run.json``, ``points.jsonl`` and ``robustness.csv``
@@ -485,6 +492,7 @@ def robustness(
                                      evaluator.bn_summary, evaluator.precision)
             # the stored directions depend on the seed, which no point key records
             inputs["direction seed"] = str(seed)
+            inputs["alignment"] = alignment_input(alignment)
             if step_unit is None:
                 inputs = {"checkpoint a": state_digest(first_a), "checkpoint b": state_digest(first_b),
                           **inputs}
@@ -501,7 +509,7 @@ def robustness(
                 "bn_batches": evaluation.bn_batches, "bn_batch_size": evaluation.bn_batch_size,
                 "bn_split": evaluation.bn_split,
                 "evaluator": evaluator.kind, "precision": evaluator.precision,
-                "loss_mean": evaluation.loss_mean,
+                "loss_mean": evaluation.loss_mean, "align": alignment.align,
             }
             run.claim(inputs, settings, str(evaluator.device))
         # what each step's records were computed from (claim rewrote run.json): a checkpoint
@@ -509,6 +517,8 @@ def robustness(
         step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
         if run is not None and step_digests:
             run.update_run(step_digests={str(k): v for k, v in sorted(step_digests.items())})
+
+        aligner = StepAligner(model, data, alignment, run)
 
         def loaded():
             """Each pair, loaded and checked against the checkpoints it was analysed from."""
@@ -522,6 +532,7 @@ def robustness(
                     note_step_digests(run, step_digests, step, state_a, state_b, unit)
                 if step is not None:
                     log.info("%s %d (%d of %d)", unit, step, number, len(pairs))
+                state_b, = aligner(step, state_a, state_b, unit)
                 yield step, state_a, state_b
 
         records: list[dict] = []

@@ -25,6 +25,7 @@ from ..core.options import flat_options
 from ..core.plan import PathOptions, plan_paths
 from ..core.records import RunDir
 from ..errors import LayerLMCError
+from ..evaluate.alignment import AlignOptions, StepAligner, alignment_input
 from ..evaluate.options import EvalOptions, analysis_inputs, build_evaluator
 from .cells import evaluate_steps
 from .executors import Executor, using_executor
@@ -157,6 +158,7 @@ def trajectory(
     allow_missing: bool = False,
     paths: PathOptions = PathOptions(),
     evaluation: EvalOptions = EvalOptions(),
+    alignment: AlignOptions = AlignOptions(),
     executor: str | Executor = "local",
     address: str | None = None,
     progress: bool | None = None,
@@ -172,7 +174,11 @@ def trajectory(
     α = 0, ½, 1 here (:data:`TRAJECTORY_ALPHAS`). ``executor``
     (``local``, ``ray`` with the cluster's ``address``, or an
     :class:`~layerlmc.analyses.executors.Executor`) runs the (step, path) cells: the records are the
-    same. Returns ``(barriers, distances)``."""
+    same. ``alignment`` (``align="weight"``, ``align_to="step"`` or ``"final"``;
+    :class:`~layerlmc.evaluate.alignment.AlignOptions`) permutes each step's ``b`` onto ``a``
+    first, with the step's own permutation or the final step's; the distances are then those
+    of the aligned pair (b's initialization permuted alike), and the permutations are saved in
+    ``permutations/``. Returns ``(barriers, distances)``."""
     # one full path among many per step: its ends and midpoint are what the heatmaps show
     paths = paths.with_alphas(TRAJECTORY_ALPHAS)
     a_checkpoints, b_checkpoints = as_steps(a_checkpoints), as_steps(b_checkpoints)
@@ -193,8 +199,10 @@ def trajectory(
             "checkpoints": f"{_common_folder(a_checkpoints)} | {_common_folder(b_checkpoints)}", "unit": unit,
             **analysis_inputs(model, data, evaluation, paths.groups, paths.patterns,
                               evaluator.bn_summary, evaluator.precision),
+            "alignment": alignment_input(alignment, steps=True),
         }
         settings = dict(config) if config is not None else {
+            "align": alignment.align, "align_to": alignment.align_to,
             "steps": chosen, "unit": unit, "groups": paths.groups, "cumulative": list(paths.cumulative),
             "definitions": list(paths.definitions), "references": list(paths.references),
             "max_examples": evaluation.max_examples, "bn": evaluation.bn,
@@ -203,6 +211,11 @@ def trajectory(
             "precision": evaluator.precision, "loss_mean": evaluation.loss_mean,
         }
         run.claim(inputs, settings, str(evaluator.device))
+        final = None
+        if alignment.align != "none" and alignment.align_to == "final":
+            final = (_load(a_checkpoints[chosen[-1]], expected), _load(b_checkpoints[chosen[-1]], expected))
+            check_pair(*final, expected)
+        aligner = StepAligner(model, data, alignment, run, final)
         # what each step's records were computed from: a checkpoint replaced later must not be
         # mixed with records of its predecessor
         step_digests = {int(k): v for k, v in ((previous or {}).get("step_digests") or {}).items()}
@@ -219,8 +232,9 @@ def trajectory(
                 check_pair(a, b, expected)
                 note_step_digests(run, step_digests, step, a, b, unit)
                 log.info("%s %d (%d of %d)", unit, step, number, len(chosen))
+                b, b_start = aligner(step, a, b, unit, b_init)
                 distances.extend({"step": step, "unit": unit, **row}
-                                 for row in layer_distances(a, b, a_init, b_init, group_list))
+                                 for row in layer_distances(a, b, a_init, b_start, group_list))
                 yield step, a, b
 
         with run.status_on_error():

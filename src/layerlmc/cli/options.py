@@ -163,11 +163,21 @@ def align_options(func):
     )(func)
 
 
+def align_to_option(func):
+    """--align-to: over training steps, each step's own permutation or the final step's."""
+    return click.option(
+        "--align-to", type=click.Choice(["step", "final"]), default="step", show_default=True,
+        help="--align over steps: match each step's b to its a, or apply the final step's "
+             "permutation to every step.")(func)
+
+
 def study_alignment(options: dict) -> AlignOptions:
-    """The alignment of a study from the parsed options of :func:`align_options`."""
+    """The alignment of a study from the parsed options of :func:`align_options` (and
+    :func:`align_to_option`)."""
     return AlignOptions(align=options["align"], align_seed=options["align_seed"],
                         align_rounds=options["align_rounds"], align_split=options["align_split"],
-                        align_examples=options["align_examples"])
+                        align_examples=options["align_examples"],
+                        align_to=options.get("align_to", "step"))
 
 
 def executor_options(what: str) -> Callable:
@@ -258,6 +268,6 @@ def print_table(table: pd.DataFrame, title: str, note: str | None = None) -> Non
         click.echo(note)
 
 
-__all__ = ["align_options", "data_options", "eval_options", "executor_options", "group_options", "model_options",
+__all__ = ["align_options", "align_to_option", "data_options", "eval_options", "executor_options", "group_options", "model_options",
            "path_options", "precision_option", "print_table", "source_options", "study_alignment", "study_evaluation",
            "study_paths"]

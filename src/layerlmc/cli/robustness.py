@@ -10,7 +10,15 @@ from ..analyses.robustness import robustness_summary
 from ..api import robustness
 from ..core.options import settings_of
 from ..specs import build_data, build_model
-from .options import eval_options, executor_options, group_options, source_options, study_evaluation
+from .options import (
+    align_options,
+    eval_options,
+    executor_options,
+    group_options,
+    source_options,
+    study_alignment,
+    study_evaluation,
+)
 from .source import resolve_source, split_list
 
 
@@ -34,6 +42,7 @@ from .source import resolve_source, split_list
 @click.option("--at", type=float, default=0.5, show_default=True,
               help="Step fraction shown in the heatmaps and the summary (one of --alphas).")
 @eval_options(max_examples_default=None)
+@align_options
 @executor_options("the cells (per step: each averaging path, each group's random directions)")
 def robustness_command(source, source_b, pair, model_spec, model_args, data_spec, data_args, out,
                        every, steps, allow_missing, unit, scheme, patterns, per_tensor, layers,
@@ -67,16 +76,17 @@ def robustness_command(source, source_b, pair, model_spec, model_args, data_spec
         "per_tensor": per_tensor,
     }
     evaluation = study_evaluation(options)
+    alignment = study_alignment(options)
     if not src.single_pair:
         kwargs.update(unit=unit, every=every, steps=src.steps, allow_missing=allow_missing)
     config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
               "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
               "every": every, "steps": src.steps, "unit": unit, **kwargs,
-              **settings_of(evaluation), "plots": options["plots"]}
+              **settings_of(evaluation, alignment), "plots": options["plots"]}
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
     table = robustness(model, src.a, src.b, data, src.out, config=config, executor=executor,
-                       address=address, evaluation=evaluation, plots=options["plots"], **kwargs)
+                       address=address, evaluation=evaluation, alignment=alignment, plots=options["plots"], **kwargs)
     report_robustness(table, src.out, at, options["plots"])
 
 

@@ -19,11 +19,14 @@ from ..errors import LayerLMCError
 from ..specs import build_data, build_model
 from .options import (
     REFERENCE_HELP,
+    align_options,
+    align_to_option,
     eval_options,
     executor_options,
     path_options,
     print_table,
     source_options,
+    study_alignment,
     study_evaluation,
     study_paths,
 )
@@ -35,6 +38,8 @@ from .source import resolve_source
 @source_options("Analysis folder [default: SOURCE/analysis for a training run].")
 @path_options(alphas_default="0,0.5,1")
 @eval_options(max_examples_default=None)
+@align_options
+@align_to_option
 @executor_options("the (step, path) cells")
 def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec, data_args, out, every, steps,
                        allow_missing, unit, executor, address, **options) -> None:
@@ -54,16 +59,18 @@ def trajectory_command(source, source_b, pair, model_spec, model_args, data_spec
                          out, steps, default_out="analysis")
     unit = unit or src.unit
     paths, evaluation = study_paths(options), study_evaluation(options)
+    alignment = study_alignment(options)
     config = {"source": str(source), "b": source_b, "pair": pair, "model": src.model_spec,
               "model_args": src.model_kwargs, "data": src.data_spec, "data_args": src.data_kwargs,
-              "every": every, "steps": src.steps, "unit": unit, **settings_of(paths, evaluation),
+              "every": every, "steps": src.steps, "unit": unit,
+              **settings_of(paths, evaluation, alignment),
               "plots": options["plots"]}
     model = build_model(src.model_spec, src.model_kwargs)
     data = build_data(src.data_spec, src.data_kwargs)
     table, _ = trajectory(model, src.a, src.b, data, src.out, unit=unit, every=every,
                           steps=src.steps, allow_missing=allow_missing, config=config,
                           executor=executor, address=address, paths=paths,
-                          evaluation=evaluation, plots=options["plots"])
+                          evaluation=evaluation, alignment=alignment, plots=options["plots"])
     report_trajectory(table, src.out, paths.definition, paths.reference)
 
 

@@ -9,6 +9,7 @@ it runs both networks on data (:func:`activation_matching`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping
@@ -28,7 +29,6 @@ from ..core.permutations import (
     weight_matching,
 )
 from ..errors import LayerLMCError, unknown
-from .data import resolve_device
 
 log = logging.getLogger("layerlmc")
 
@@ -43,14 +43,21 @@ class AlignOptions:
     """Whether and how ``b`` is permuted onto ``a`` first: ``align`` is ``none``, ``weight``
     (coordinate descent over the groups, seeded by ``align_seed``, at most ``align_rounds``
     rounds) or ``activation`` (correlations of the units' outputs on ``align_examples``
-    examples of split ``align_split``, drawn with ``align_seed``). It changes the numbers, so
-    it is a stored input of a run folder."""
+    examples of split ``align_split``, drawn with ``align_seed``). Over training steps,
+    ``align_to`` says which permutation each step's ``b`` gets: its own (``step``: ``b`` of
+    that step matched to ``a`` of that step) or the final step's (``final``: one permutation
+    for the whole trajectory). It changes the numbers, so it is a stored input of a run
+    folder."""
 
     align: str = "none"
     align_seed: int = 0
     align_rounds: int = MAX_ROUNDS
     align_split: str = "train"
     align_examples: int = ACTIVATION_EXAMPLES
+    align_to: str = "step"
+
+
+ALIGN_TO = ("step", "final")
 
 
 def check_method(method: str) -> None:
@@ -58,14 +65,19 @@ def check_method(method: str) -> None:
         raise unknown("alignment method", method, METHODS)
 
 
-def alignment_input(options: AlignOptions) -> str:
-    """The value of the ``alignment`` input of a run folder."""
+def alignment_input(options: AlignOptions, steps: bool = False) -> str:
+    """The value of the ``alignment`` input of a run folder (``steps``: over training steps,
+    where ``align_to`` matters too)."""
     if options.align == "none":
         return "none"
     if options.align == "weight":
-        return f"weight matching (seed {options.align_seed}, at most {options.align_rounds} rounds)"
-    return (f"activation matching ({options.align_examples} examples of '{options.align_split}', "
-            f"seed {options.align_seed})")
+        text = f"weight matching (seed {options.align_seed}, at most {options.align_rounds} rounds)"
+    else:
+        text = (f"activation matching ({options.align_examples} examples of "
+                f"'{options.align_split}', seed {options.align_seed})")
+    if steps:
+        text += ", each step's own" if options.align_to == "step" else ", the final step's"
+    return text
 
 
 def _examples(data: Mapping[str, object] | None, options: AlignOptions) -> torch.Tensor:
@@ -117,9 +129,9 @@ def activation_matching(model: torch.nn.Module, spec: Spec, a: StateDict, b: Sta
     if missing:
         raise LayerLMCError(f"activation matching cannot match group '{missing[0]}' (no module "
                             "output carries its units, e.g. attention heads); use --align weight")
-    inputs = _examples(data, options)
-    device = resolve_device("cpu")
-    model = model.to(device)
+    inputs = _examples(data, options).cpu()
+    # a copy on the CPU: the evaluator may hold the model itself, on its device
+    model = copy.deepcopy(model).cpu()
     acts_a = _unit_outputs(model, a, spec, inputs)
     acts_b = _unit_outputs(model, b, spec, inputs)
     perms = {}
@@ -151,11 +163,7 @@ def align_pair(model: torch.nn.Module, a: StateDict, b: StateDict,
     if options.align == "weight":
         matching = weight_matching(spec, a, b, seed=options.align_seed, max_rounds=options.align_rounds)
     else:
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        try:
-            matching = activation_matching(model, spec, a, b, data, options)
-        finally:
-            model.load_state_dict(state)  # the evaluator builds on the model as it was given
+        matching = activation_matching(model, spec, a, b, data, options)
     if not matching.converged:
         log.warning("weight matching stopped after %d rounds without converging (align_rounds); "
                     "the run's alignment.json says so", matching.rounds)
@@ -183,3 +191,49 @@ def write_alignment(folder: str | Path, summaries: list[dict[str, object]]) -> P
     tmp.write_text(json.dumps(summaries, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+class StepAligner:
+    """Aligns each step's ``b`` of an analysis over steps, and saves what it used.
+
+    ``final`` (the last step's ``(a, b)``) is matched once when ``align_to`` is ``final``;
+    otherwise every step is matched on its own. Each step's permutations go to
+    ``permutations/<unit>_NNNN.safetensors`` in ``run``'s folder (``permutations.safetensors``
+    for one pair), and every summary to ``alignment.json``.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: Mapping[str, object] | None,
+                 options: AlignOptions, run=None, final: tuple[StateDict, StateDict] | None = None):
+        check_method(options.align)
+        if options.align_to not in ALIGN_TO:
+            raise unknown("--align-to", options.align_to, ALIGN_TO)
+        self.model, self.data, self.options, self.run = model, data, options, run
+        self.summaries: list[dict[str, object]] = []
+        self.fixed: Matching | None = None
+        self.spec: Spec | None = None
+        if options.align != "none":
+            self.spec = permutation_spec(model)
+            if options.align_to == "final" and final is not None:
+                _, self.fixed = align_pair(model, final[0], final[1], data, options, self.spec)
+
+    @property
+    def active(self) -> bool:
+        return self.spec is not None
+
+    def __call__(self, step: int | None, a: StateDict, b: StateDict, unit: str | None,
+                 *also: StateDict) -> tuple[StateDict, ...]:
+        """``b`` (and the states in ``also``, with the same permutation) aligned for ``step``."""
+        if self.spec is None:
+            return (b, *also)
+        if self.fixed is not None:
+            matching = self.fixed
+            check_spec(self.spec, b)
+        else:
+            _, matching = align_pair(self.model, a, b, self.data, self.options, self.spec)
+        if self.run is not None:
+            name = "permutations.safetensors" if step is None else f"permutations/{unit}_{step:04d}.safetensors"
+            save_matching(self.run.path, matching, name)
+            summary = {**matching_summary(matching, step), "to": self.options.align_to if step is not None else None}
+            self.summaries = [s for s in self.summaries if s["step"] != step] + [summary]
+            write_alignment(self.run.path, self.summaries)
+        return tuple(apply_permutation(s, self.spec, matching.perms) for s in (b, *also))
