@@ -59,3 +59,27 @@ def test_table1_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch, capsys):
     # other settings go to their own folder instead of being refused by the finished runs
     assert main(["reproduce", "table1", "--out", str(out), "--rounds", "2", "--device", "cpu"]) == 0
     assert (out / "table1_rounds2" / "table1.csv").is_file()
+
+
+def test_align_recipe_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch, capsys):
+    from layerlmc.recipes import align
+
+    tiny = {}
+    for name, (config, groups) in align.PAIRS.items():
+        text = config.read_text().replace("train_examples: 20000", "train_examples: 200")
+        text = text.replace("hidden: [512, 512, 512]", "hidden: [16, 16]").replace("width: 8", "width: 2")
+        text = text.replace("epochs: 8", "epochs: 1").replace("epochs: 5", "epochs: 1")
+        path = tmp_path / config.name
+        path.write_text(text)
+        tiny[name] = (path, groups)
+    monkeypatch.setattr(align, "PAIRS", tiny)
+    out = tmp_path / "runs"
+    assert main(["reproduce", "align", "--out", str(out), "--max-examples", "40", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "| full | full |" in printed and "**resnet20-layernorm**" in printed
+    table = pd.read_csv(out / "align" / "align.csv")
+    assert set(table["model"]) == {"mlp", "resnet20-layernorm"}
+    assert set(table["kind"]) == {"full", "group", "cumulative"}
+    assert (table["removed"] - (table["before"] - table["after"])).abs().max() < 1e-12
+    assert (out / "align" / "figures" / "align.png").is_file()
+    assert (out / "align" / "mlp" / "weight" / "permutations.safetensors").is_file()

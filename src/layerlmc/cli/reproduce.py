@@ -15,6 +15,7 @@ RECIPES = {
     "lm": "two character GPTs on the Jargon File: layer-wise and cumulative barriers over training",
     "vit": "a pair of ViTs on Fashion-MNIST: each weight tensor interpolated alone vs random directions",
     "subspace": "noise in the span, null space and averaging direction of two MLPs (PAPER.md §4.2)",
+    "align": "two different-init pairs (MLP, ResNet-20 with LayerNorm): barriers before and after weight matching",
     "table1": "federated full vs partial aggregation under two non-iid splits (14 federated runs)",
 }
 
@@ -22,13 +23,13 @@ RECIPES = {
 @click.command("reproduce")
 @click.argument("study", type=click.Choice(sorted(RECIPES)), metavar="STUDY")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3/robustness/vit/lm: train for this many epochs [default: 10; vit 5; lm 8].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="fig1/fig3/robustness/vit/lm/align: train for this many epochs [default: 10; vit 5; lm 8; align: the configs' (MLP 5, ResNet-20 8)].")
 @click.option("--every", type=click.IntRange(min=1), default=None,
               help="fig1/fig3/robustness/lm: analyse every N-th epoch [default: 2; lm 1].")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="fig1/fig3: examples per split in the barrier evaluations [default: 5000]; "
                    "robustness: test examples [default: 2000]; vit: test examples [default: 1024]; "
-                   "lm: test windows [default: 128]; "
+                   "lm: test windows [default: 128]; align: test examples [default: 2000]; "
                    "table1: training images dealt to the clients [default: 12000].")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="robustness, vit: random directions per group (tensor), base and epoch "
@@ -77,6 +78,15 @@ def reproduce_command(study: str, out: Path, epochs: int | None, every: int | No
         click.echo("loss along each straight path of the toy network f(x) = w2·w1·x, A=(0.5, 2), B=(2, 0.5):")
         click.echo(summary.to_string(index=False))
         click.echo(f"figure: {out / 'fig4' / 'figures' / 'fig4.png'}")
+    elif study == "align":
+        from ..recipes.align import reproduce_align
+
+        table, folder = reproduce_align(out, epochs=epochs, max_examples=max_examples or 2000,
+                                        device=device)
+        click.echo("barriers before and after weight matching (midpoint, loss):")
+        click.echo((folder / "align.md").read_text())
+        click.echo(f"table:  {folder / 'align.csv'}")
+        click.echo(f"figure: {folder / 'figures' / 'align.png'}")
     elif study == "table1":
         table, folder = reproduce_table1(out, rounds=rounds, max_examples=max_examples, device=device)
         click.echo("clients' accuracy on their own test data after the last round, mean ± std over clients (%):")

@@ -4,6 +4,7 @@ Each recipe trains what it needs (once: a rerun resumes or reuses it), runs its 
 through :mod:`layerlmc.api` (records, then figures) and returns the table and the folder.
 """
 
+from .align import reproduce_align
 from .fig4 import fig4
 from .figures import FIGURES, reproduce
 from .lm import reproduce_lm, summarize_lm
@@ -22,7 +23,7 @@ from .vit import reproduce_vit
 
 __all__ = [
     "CONFIG", "CONFIGS", "FEDERATED_CONFIG", "FIGURES", "TABLE1_PARTITIONS", "TABLE1_STRATEGIES", "TrainedPair", "fig4",
-    "quickstart_config", "reproduce", "reproduce_lm", "reproduce_robustness",
+    "quickstart_config", "reproduce", "reproduce_align", "reproduce_lm", "reproduce_robustness",
     "reproduce_subspace", "reproduce_table1", "reproduce_vit", "run_quickstart", "summarize_lm",
     "table1_markdown", "train_pair",
 ]

@@ -1,0 +1,63 @@
+"""Barriers before and after aligning b to a (``layerlmc reproduce align``), side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .common import save_png
+
+
+def alignment_rows(before: pd.DataFrame, after: pd.DataFrame, metric: str = "loss",
+                   split: str = "test", definition: str = "midpoint") -> pd.DataFrame:
+    """One row per path (full, each group and base, each cumulative prefix): the barrier of
+    the unaligned and the aligned pair and what alignment removed; from two barrier tables."""
+    def pick(table):
+        chosen = table[(table.metric == metric) & (table.split == split)
+                       & (table.definition == definition) & (table.reference != "path")]
+        keys = chosen[["kind", "group", "group_index", "base", "order"]].apply(
+            lambda r: "|".join(map(str, r)), axis=1)
+        return chosen.assign(key=keys.to_numpy()).set_index("key")
+    x, y = pick(before), pick(after)
+    rows = x[["kind", "group", "group_index", "base", "order"]].copy()
+    rows["before"] = x["value"]
+    rows["after"] = y["value"].reindex(x.index)
+    rows["removed"] = rows["before"] - rows["after"]
+    return rows.reset_index(drop=True)
+
+
+def plot_alignment(rows_by_model: Mapping[str, pd.DataFrame], path: Path,
+                   metric: str = "loss") -> Path:
+    """Per model (one row of panels): the full and layer-wise barriers (base a) before and
+    after alignment as paired bars, and the cumulative (shallow) barriers as two lines."""
+    models = list(rows_by_model)
+    fig, axes = plt.subplots(len(models), 2, figsize=(13, 3.6 * len(models)), squeeze=False)
+    for row, name in enumerate(models):
+        rows = rows_by_model[name]
+        layer = rows[(rows.kind == "full") | ((rows.kind == "group") & (rows.base == "a"))]
+        positions = np.arange(len(layer))
+        ax = axes[row][0]
+        ax.bar(positions - 0.2, layer["before"], 0.4, label="unaligned", color="tab:red")
+        ax.bar(positions + 0.2, layer["after"], 0.4, label="weight matching", color="tab:blue")
+        ax.set_xticks(positions, [g if k != "full" else "FULL" for g, k in zip(layer["group"], layer["kind"])],
+                      rotation=60, ha="right", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylabel(f"{metric} barrier (midpoint)")
+        ax.set_title(f"{name}: full and layer-wise (others from a)")
+        ax.legend(fontsize=8)
+        ax = axes[row][1]
+        cumulative = rows[(rows.kind == "cumulative") & (rows.order == "shallow")]
+        if len(cumulative):
+            steps = np.arange(1, len(cumulative) + 1)
+            ax.plot(steps, cumulative["before"], "o-", color="tab:red", label="unaligned")
+            ax.plot(steps, cumulative["after"], "o-", color="tab:blue", label="weight matching")
+            ax.set_xticks(steps, cumulative["group"], rotation=60, ha="right", fontsize=8)
+            ax.legend(fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(f"{name}: cumulative from the input (groups up to the one named averaged)")
+    fig.tight_layout()
+    return save_png(fig, Path(path))
