@@ -291,3 +291,23 @@ def test_robustness_align(tmp_path):
     base = table[(table.step_fraction == 0.0) & (table.direction == "average")]
     assert averaging["loss_mean"].to_numpy() == pytest.approx(base["loss_mean"].to_numpy()[:len(averaging)], abs=1e-5)
     assert (tmp_path / "rob" / "permutations.safetensors").exists()
+
+
+def test_cli_barriers_align_on_a_user_model_and_refusal(user_files, capsys):
+    f = user_files
+    out = f["dir"] / "run"
+    base = ["barriers", str(f["a"]), str(f["b"]), "--model", f"{f['model']}:make_net",
+            "--data", f"{f['data']}:make_splits", "--out", str(out), "--batch-size", "8"]
+    assert main([*base, "--align", "weight", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "aligned:" in printed and (out / "permutations.safetensors").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["inputs"]["alignment"].startswith("weight matching")
+    # the user's BatchNorm1d running statistics are permuted with its layer
+    saved = layerlmc.load_state_dict(out / "permutations.safetensors")
+    assert set(saved) == {"fc1", "fc2"}
+    assert main([*base, "--no-plots"]) == 2
+    assert "alignment" in capsys.readouterr().err
+    other = [str(f["dir"] / "r2") if arg == str(out) else arg for arg in base]
+    assert main([*other, "--align", "activation", "--align-split", "nope", "--no-plots"]) == 2
+    assert "split for activation matching" in capsys.readouterr().err
