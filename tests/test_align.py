@@ -108,7 +108,7 @@ def test_an_aligned_copy_has_zero_barrier(tmp_path):
     unaligned = layerlmc.barriers(model, state, permuted, data, layerwise=False, plots=False)
     aligned = layerlmc.barriers(model, state, permuted, data, layerwise=False, align="weight",
                                 out=tmp_path / "run", plots=False)
-    full = lambda t: t[(t.kind == "full") & (t.metric == "loss")]["value"].item()  # noqa: E731
+    full = lambda t: t[(t.kind == "full") & (t.metric == "loss")]["value"].item()
     assert full(unaligned) > 1e-4
     assert full(aligned) == pytest.approx(0.0, abs=1e-6)
     summary = json.loads((tmp_path / "run" / "alignment.json").read_text())
@@ -147,10 +147,10 @@ def test_git_rebasin_two_different_init_mlps():
 
     net, a = train(1)
     _, b = train(2)
-    kwargs = dict(layerwise=False, alphas="0:1:5", plots=False)
+    kwargs = {"layerwise": False, "alphas": "0:1:5", "plots": False}
     before = layerlmc.barriers(net, a, b, data, **kwargs)
     after = layerlmc.barriers(net, a, b, data, align="weight", **kwargs)
-    full = lambda t: t[(t.kind == "full") & (t.metric == "loss")]["value"].item()  # noqa: E731
+    full = lambda t: t[(t.kind == "full") & (t.metric == "loss")]["value"].item()
     assert full(before) > 0.1
     assert full(after) < 0.5 * full(before), (full(before), full(after))
 
@@ -163,7 +163,7 @@ def test_activation_matching_recovers_a_permutation_and_needs_data():
     perms = random_permutations(spec, seed=2)
     permuted = apply_permutation(state, spec, perms)
     data = {"train": (torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))}
-    aligned, matching = align_pair(model, state, permuted, data, AlignOptions(align="activation"))
+    _, matching = align_pair(model, state, permuted, data, AlignOptions(align="activation"))
     for group in spec:
         assert torch.equal(matching.perms[group.name], invert(perms[group.name])), group.name
     with pytest.raises(LayerLMCError, match="needs data"):

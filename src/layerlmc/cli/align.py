@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 import pandas as pd
+import torch
 
 from ..api import align
 from ..core.checkpoints import load_state_dict
