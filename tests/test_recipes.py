@@ -83,3 +83,4 @@ def test_align_recipe_on_tiny_data(tiny_fmnist, tmp_path, monkeypatch, capsys):
     assert (table["removed"] - (table["before"] - table["after"])).abs().max() < 1e-12
     assert (out / "align" / "figures" / "align.png").is_file()
     assert (out / "align" / "mlp" / "weight" / "permutations.safetensors").is_file()
+    assert table["activation"].notna().all()

@@ -15,7 +15,7 @@ RECIPES = {
     "lm": "two character GPTs on the Jargon File: layer-wise and cumulative barriers over training",
     "vit": "a pair of ViTs on Fashion-MNIST: each weight tensor interpolated alone vs random directions",
     "subspace": "noise in the span, null space and averaging direction of two MLPs (PAPER.md §4.2)",
-    "align": "two different-init pairs (MLP, ResNet-20 with LayerNorm): barriers before and after weight matching",
+    "align": "two different-init pairs (MLP, ResNet-20 with LayerNorm): barriers before and after weight and activation matching",
     "table1": "federated full vs partial aggregation under two non-iid splits (14 federated runs)",
 }
 
@@ -83,7 +83,7 @@ def reproduce_command(study: str, out: Path, epochs: int | None, every: int | No
 
         table, folder = reproduce_align(out, epochs=epochs, max_examples=max_examples or 2000,
                                         device=device)
-        click.echo("barriers before and after weight matching (midpoint, loss):")
+        click.echo("barriers unaligned and after weight and activation matching (midpoint, loss):")
         click.echo((folder / "align.md").read_text())
         click.echo(f"table:  {folder / 'align.csv'}")
         click.echo(f"figure: {folder / 'figures' / 'align.png'}")

@@ -12,10 +12,12 @@ import pandas as pd
 from .common import save_png
 
 
-def alignment_rows(before: pd.DataFrame, after: pd.DataFrame, metric: str = "loss",
-                   split: str = "test", definition: str = "midpoint") -> pd.DataFrame:
+def alignment_rows(before: pd.DataFrame, after: pd.DataFrame, activation: pd.DataFrame | None = None,
+                   metric: str = "loss", split: str = "test",
+                   definition: str = "midpoint") -> pd.DataFrame:
     """One row per path (full, each group and base, each cumulative prefix): the barrier of
-    the unaligned and the aligned pair and what alignment removed; from two barrier tables."""
+    the unaligned pair (``before``), of the weight-matched pair (``after``), what weight
+    matching removed, and, given its table, the barrier after activation matching."""
     def pick(table):
         chosen = table[(table.metric == metric) & (table.split == split)
                        & (table.definition == definition) & (table.reference != "path")]
@@ -27,6 +29,8 @@ def alignment_rows(before: pd.DataFrame, after: pd.DataFrame, metric: str = "los
     rows["before"] = x["value"]
     rows["after"] = y["value"].reindex(x.index)
     rows["removed"] = rows["before"] - rows["after"]
+    if activation is not None:
+        rows["activation"] = pick(activation)["value"].reindex(x.index)
     return rows.reset_index(drop=True)
 
 
@@ -41,8 +45,13 @@ def plot_alignment(rows_by_model: Mapping[str, pd.DataFrame], path: Path,
         layer = rows[(rows.kind == "full") | ((rows.kind == "group") & (rows.base == "a"))]
         positions = np.arange(len(layer))
         ax = axes[row][0]
-        ax.bar(positions - 0.2, layer["before"], 0.4, label="unaligned", color="tab:red")
-        ax.bar(positions + 0.2, layer["after"], 0.4, label="weight matching", color="tab:blue")
+        series = [("before", "unaligned", "tab:red"), ("after", "weight matching", "tab:blue")]
+        if "activation" in rows:
+            series.append(("activation", "activation matching", "tab:green"))
+        width = 0.8 / len(series)
+        for i, (column, label, color) in enumerate(series):
+            ax.bar(positions + (i - (len(series) - 1) / 2) * width, layer[column], width,
+                   label=label, color=color)
         ax.set_xticks(positions, [g if k != "full" else "FULL" for g, k in zip(layer["group"], layer["kind"])],
                       rotation=60, ha="right", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
@@ -50,14 +59,14 @@ def plot_alignment(rows_by_model: Mapping[str, pd.DataFrame], path: Path,
         ax.set_title(f"{name}: full and layer-wise (others from a)")
         ax.legend(fontsize=8)
         ax = axes[row][1]
-        cumulative = rows[(rows.kind == "cumulative") & (rows.order == "shallow")]
+        cumulative = rows[(rows.kind == "cumulative") & (rows.order == "shallow") & (rows.base == "a")]
         if len(cumulative):
             steps = np.arange(1, len(cumulative) + 1)
-            ax.plot(steps, cumulative["before"], "o-", color="tab:red", label="unaligned")
-            ax.plot(steps, cumulative["after"], "o-", color="tab:blue", label="weight matching")
+            for column, label, color in series:
+                ax.plot(steps, cumulative[column], "o-", color=color, label=label)
             ax.set_xticks(steps, cumulative["group"], rotation=60, ha="right", fontsize=8)
             ax.legend(fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_title(f"{name}: cumulative from the input (groups up to the one named averaged)")
+        ax.set_title(f"{name}: cumulative from the input (up to the group named; others from a)")
     fig.tight_layout()
     return save_png(fig, Path(path))
