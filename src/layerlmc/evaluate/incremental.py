@@ -50,6 +50,13 @@ INPLACE_OPERATORS = {
 INCREMENTAL_BN = ("interpolate", "keep-base")
 #: the default budget (MiB) of first-layer values kept across calls, per evaluator
 CACHE_MB = 256.0
+#: elementwise activations that may overwrite an input no later node reads (the same kernel
+#: in place: the same numbers, without allocating, and faulting in, a fresh tensor)
+IN_PLACE = {torch.relu: torch.relu_, torch.nn.functional.relu: torch.relu_,
+            torch.sigmoid: torch.sigmoid_, torch.tanh: torch.tanh_}
+IN_PLACE_METHODS = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
+IN_PLACE_MODULES = {torch.nn.ReLU: torch.relu_, torch.nn.Sigmoid: torch.sigmoid_,
+                    torch.nn.Tanh: torch.tanh_}
 
 
 def trace(model: torch.nn.Module) -> torch.fx.GraphModule:
@@ -74,6 +81,8 @@ class _Schedule:
     release: tuple[tuple[int, ...], ...]
     reads: tuple[tuple[int, tuple], ...]
     writes: tuple[tuple[int, tuple], ...]
+    #: positions whose activation may overwrite its input (read by no later node)
+    donated: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,7 @@ class IncrementalEvaluator(Evaluator):
             self._own.append(frozenset(own))
         self._placeholders = {i for i, n in enumerate(self.nodes) if n.op == "placeholder"}
         self._mutates = [_mutates(node, named) for node in self.nodes]
+        self._in_place = [_in_place(node, named) for node in self.nodes]
         self._last_use = [0] * len(self.nodes)
         for i, inputs in enumerate(self._inputs):
             for j in inputs:
@@ -275,8 +285,14 @@ class IncrementalEvaluator(Evaluator):
             if j not in targets:
                 release[position].append(j)
         writes = tuple((i, memo_keys[i]) for i in nodes if memo_keys.get(i) in store)
+        written = {i for i, _ in writes}
+        donated = frozenset(
+            position for position, i in enumerate(nodes)
+            if self._in_place[i] is not None and (j := self._inputs[i][0]) in needed
+            and last.get(j) == position and j not in targets and j not in written
+            and self.nodes[j].op not in ("placeholder", "get_attr"))
         return _Schedule(nodes, tuple(tuple(r) for r in release),
-                         tuple((i, memo_keys[i]) for i in sorted(reads)), writes)
+                         tuple((i, memo_keys[i]) for i in sorted(reads)), writes, donated)
 
     def _execute(self, schedule: _Schedule, state: Mapping[str, torch.Tensor],
                  inputs: torch.Tensor, cache: Mapping[int, object],
@@ -287,7 +303,19 @@ class IncrementalEvaluator(Evaluator):
         for i, key in schedule.reads:
             env[i] = memo[key]  # type: ignore[index]
         writes = dict(schedule.writes)
+        protected: set[int] | None = None
         for position, i in enumerate(schedule.nodes):
+            if position in schedule.donated:
+                j = self._inputs[i][0]
+                value = env[j]
+                if protected is None:
+                    protected = _storages(state.values(), cache.values(), (inputs,),
+                                          (dict.get(env, n) for n, _ in schedule.reads))
+                if _owned(value, j, env, protected):
+                    env[i] = self._in_place[i](value)
+                    for k in schedule.release[position]:
+                        env.drop(k)
+                    continue
             env[i] = self._run_node(i, env, state, inputs)
             if i in writes:
                 memo[writes[i]] = env[i]  # type: ignore[index]
@@ -569,6 +597,47 @@ def _attribute(root: torch.nn.Module, target: str) -> object:
     for part in target.split("."):
         value = getattr(value, part)
     return value
+
+
+def _in_place(node: torch.fx.Node, modules: Mapping[str, torch.nn.Module]):
+    """The in-place form of ``node``'s elementwise activation, when it is one applied to its
+    single argument; else None."""
+    if len(node.args) != 1 or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    if node.op == "call_function" and not node.kwargs.get("inplace", False):
+        if {k: v for k, v in node.kwargs.items() if k != "inplace"}:
+            return None
+        return IN_PLACE.get(node.target)
+    if node.op == "call_method" and not node.kwargs:
+        return IN_PLACE_METHODS.get(node.target)
+    if node.op == "call_module" and not node.kwargs:
+        module = modules[node.target]
+        if getattr(module, "inplace", False):
+            return None  # it changes its input itself (and the graph copies it first)
+        return IN_PLACE_MODULES.get(type(module))
+    return None
+
+
+def _storages(*groups) -> set[int]:
+    """The storage addresses of the tensors in ``groups``: what must never be overwritten."""
+    out = set()
+    for group in groups:
+        for value in group:
+            if isinstance(value, torch.Tensor):
+                out.add(value.untyped_storage().data_ptr())
+    return out
+
+
+def _owned(value: object, node: int, env: dict, protected: set[int]) -> bool:
+    """Whether ``value`` (node ``node``'s, read by no later node) is a tensor nothing else
+    holds: not a view, and its storage neither protected nor shared by another live value."""
+    if not isinstance(value, torch.Tensor) or value._base is not None:
+        return False
+    pointer = value.untyped_storage().data_ptr()
+    if pointer in protected:
+        return False
+    return not any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == pointer
+                   for k, v in dict.items(env) if k != node)
 
 
 def _mutates(node: torch.fx.Node, modules: Mapping[str, torch.nn.Module]) -> bool:
