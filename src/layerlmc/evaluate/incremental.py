@@ -305,6 +305,7 @@ class IncrementalEvaluator(Evaluator):
         writes = dict(schedule.writes)
         protected: set[int] | None = None
         for position, i in enumerate(schedule.nodes):
+            done = False
             if position in schedule.donated:
                 j = self._inputs[i][0]
                 value = env[j]
@@ -313,10 +314,9 @@ class IncrementalEvaluator(Evaluator):
                                           (dict.get(env, n) for n, _ in schedule.reads))
                 if _owned(value, j, env, protected):
                     env[i] = self._in_place[i](value)
-                    for k in schedule.release[position]:
-                        env.drop(k)
-                    continue
-            env[i] = self._run_node(i, env, state, inputs)
+                    done = True
+            if not done:
+                env[i] = self._run_node(i, env, state, inputs)
             if i in writes:
                 memo[writes[i]] = env[i]  # type: ignore[index]
             for j in schedule.release[position]:
