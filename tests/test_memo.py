@@ -139,3 +139,25 @@ def test_activations_run_in_place_where_nothing_else_reads_their_input():
                                    set(), set())
     donated = [evaluator.nodes[schedule.nodes[p]].target.__name__ for p in schedule.donated]
     assert donated == ["relu", "relu"]
+
+
+def test_a_second_study_with_the_same_evaluator_makes_room_for_its_own_endpoints():
+    """A study over many checkpoints reuses one evaluator: what the earlier endpoints left is
+    dropped (oldest first) for the current ones, within the budget."""
+    data = prepare_splits(_data((1, 28, 28), n=37))
+    torch.manual_seed(0)
+    model = mlp()
+    states = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        states.append(mlp().state_dict())
+    paths = plan_paths(states[0], model, alphas="0.5", layer_alphas="0.5")
+    # a little more than one study's first-layer copies (3 × 0.8 MB) and entries
+    incremental = make_evaluator("incremental", model, data, 4, cache_mb=2.6)
+    plain = make_evaluator("plain", model, data, 4)
+    for a, b in (states[:2], states[2:]):
+        before = incremental.memo.hits
+        got = evaluate_paths(incremental, a, b, paths, progress=False)
+        assert_same(got, evaluate_paths(plain, a, b, paths, progress=False), rel=0)
+        assert incremental.memo.hits > before
+        assert incremental.memo.used <= incremental.cache_bytes

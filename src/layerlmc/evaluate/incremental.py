@@ -457,6 +457,7 @@ class IncrementalEvaluator(Evaluator):
             return self._schedule(run, targets, known, {}, set(), set())
         available = self.memo.available(split)
         schedule = self._schedule(run, targets, known, memo_keys, available, set())
+        self.memo.read(split, (key for _, key in schedule.reads))
         wanted = {memo_keys[i] for i in schedule.nodes if i in memo_keys} - available
         admitted = self.memo.admit(split, wanted)
         if admitted:
@@ -468,9 +469,12 @@ class _Memo:
     """First-layer values kept across calls, per split and batch, keyed by the node and the
     values of the first layer's tensors: each distinct value of a first-layer key gets a
     token, and a copy of it is kept to recognise it (by value: a caller may build the next
-    state in the same tensors). The budget covers the copies and the values; an entry is
-    admitted when its first batch is written, charged that batch's size times the split's
-    batches, or not at all. Entries stay for the evaluator's life (the budget bounds them)."""
+    state in the same tensors; a float64 sum picks the candidates, ``torch.equal`` decides).
+
+    The budget covers the copies and the entries. An entry is admitted when its first batch is
+    written and charged that batch's size times the split's batches; what does not fit makes
+    room by dropping what no state of the current call used, oldest first (a study over many
+    checkpoints keeps the entries of its current endpoints), or is not kept."""
 
     def __init__(self) -> None:
         #: split → batch start → memo key → value
@@ -481,15 +485,20 @@ class _Memo:
         self.filling: dict[str, set[tuple]] = {}
         #: split → memo keys admitted whose first batch has not been charged yet
         self.unsized: dict[str, set[tuple]] = {}
-        self.copies: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        #: (split, memo key) → [bytes charged, the call that last used it]
+        self.entries: dict[tuple[str, tuple], list[int]] = {}
+        #: key → (shape, dtype, float64 sum) → [[copy, token, the call that last used it]]
+        self.copies: dict[str, dict[tuple, list[list]]] = {}
         self.used = 0
         self.budget = 0
+        self.call = 0
         self._last_token = 0
         #: first-layer values read from the memo instead of computed (one per node and batch)
         self.hits = 0
 
     def begin(self, budget: int) -> None:
         self.budget = budget
+        self.call += 1
         self.abandon()
 
     def tokens(self, state: Mapping[str, torch.Tensor], keys: Sequence[str],
@@ -507,24 +516,35 @@ class _Memo:
         return out
 
     def _token(self, key: str, tensor: torch.Tensor) -> int:
-        seen = self.copies.setdefault(key, [])
-        for copy, token in seen:
-            if copy.shape == tensor.shape and copy.dtype == tensor.dtype and torch.equal(copy, tensor):
-                return token
+        sum_ = tensor.sum(dtype=torch.float64).item() if tensor.is_floating_point() else 0.0
+        where = (tuple(tensor.shape), tensor.dtype, sum_)
+        seen = self.copies.setdefault(key, {}).setdefault(where, [])
+        for entry in seen:
+            if torch.equal(entry[0], tensor):
+                entry[2] = self.call
+                return entry[1]
         self._last_token += 1
         size = tensor.numel() * tensor.element_size()
-        if self.used + size <= self.budget:  # else: a token nothing will ever match again
-            seen.append((tensor.detach().clone(), self._last_token))
+        if self._make_room(size):  # else: a token nothing will ever match again
+            # a copy, not the tensor: a caller may reuse its tensors for the next state
+            seen.append([tensor.detach().clone(), self._last_token, self.call])
             self.used += size
         return self._last_token
 
     def available(self, split: str) -> set[tuple]:
         return self.complete.get(split, set()) | self.filling.get(split, set())
 
+    def read(self, split: str, keys) -> None:
+        """Mark the entries a state of this call reads as used now."""
+        for key in keys:
+            entry = self.entries.get((split, key))
+            if entry is not None:
+                entry[1] = self.call
+
     def admit(self, split: str, wanted: set[tuple]) -> set[tuple]:
-        """Admit ``wanted`` for writing while anything of the budget is left; :meth:`sized`
-        charges (or drops) each once its first batch is written."""
-        if not wanted or self.used >= self.budget:
+        """Admit ``wanted`` for writing; :meth:`sized` charges (or drops) each once its first
+        batch is written."""
+        if not wanted or self.budget <= 0:
             return set()
         self.filling.setdefault(split, set()).update(wanted)
         self.unsized.setdefault(split, set()).update(wanted)
@@ -537,12 +557,51 @@ class _Memo:
             value = store.entries.get(key) if store is not None else None
             size = (value.numel() * value.element_size() * batches
                     if isinstance(value, torch.Tensor) else None)
-            if size is None or self.used + size > self.budget:
+            if size is None or not self._make_room(size):
                 self.filling[split].discard(key)
                 if store is not None:
                     store.entries.pop(key, None)
             else:
                 self.used += size
+                self.entries[(split, key)] = [size, self.call]
+
+    def _make_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit, after dropping, oldest first, entries and copies
+        no state of the current call used."""
+        if self.used + size <= self.budget:
+            return True
+        if size > self.budget:
+            return False
+        old = sorted(((used, 0, split_key) for split_key, (_, used) in self.entries.items()
+                      if used < self.call and split_key[1] in self.complete.get(split_key[0], ())),
+                     key=lambda item: item[:2])
+        copies = [(entry[2], 1, key, where, entry)
+                  for key, by in self.copies.items() for where, entries in by.items()
+                  for entry in entries if entry[2] < self.call]
+        for item in sorted([*old, *copies], key=lambda item: item[:2]):
+            if self.used + size <= self.budget:
+                break
+            if item[1] == 0:
+                self._drop_entry(*item[2])
+            else:
+                _, _, key, where, entry = item
+                kept = self.copies[key][where]
+                kept[:] = [other for other in kept if other is not entry]
+                self.used -= entry[0].numel() * entry[0].element_size()
+                token = entry[1]
+                # the entries computed from that value can no longer be found: drop them too
+                for split, memo_key in [k for k in self.entries if token in k[1][1]]:
+                    self._drop_entry(split, memo_key)
+        return self.used + size <= self.budget
+
+    def _drop_entry(self, split: str, key: tuple) -> None:
+        charged = self.entries.pop((split, key), None)
+        if charged is None:
+            return
+        self.used -= charged[0]
+        self.complete.get(split, set()).discard(key)
+        for values in self.values.get(split, {}).values():
+            values.pop(key, None)
 
     def batch(self, split: str, start: int) -> _Batch:
         return _Batch(self, split, self.values.setdefault(split, {}).setdefault(start, {}))
@@ -554,11 +613,12 @@ class _Memo:
         self.unsized.clear()
 
     def abandon(self) -> None:
-        """Forget the entries a failed call left half-written (their bytes stay charged)."""
+        """Forget the entries a failed call left half-written."""
         for split, keys in self.filling.items():
-            for entries in self.values.get(split, {}).values():
-                for key in keys:
-                    entries.pop(key, None)
+            for key in keys:
+                self._drop_entry(split, key)
+                for values in self.values.get(split, {}).values():
+                    values.pop(key, None)
         self.filling.clear()
         self.unsized.clear()
 
