@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LayerLMCError, did_you_mean
 from .data import Split
-from .incremental import IncrementalEvaluator
+from .incremental import CACHE_MB, IncrementalEvaluator
 from .plain import Evaluator, Job, Metrics, in_precision
 from .vectorized import VectorizedEvaluator
 
@@ -38,18 +38,19 @@ def check_evaluator(kind: str) -> str:
 
 
 def make_evaluator(kind: str, model: torch.nn.Module, splits: Mapping[str, Split],
-                   batch_size: int = 1024, *, chunk: int = 16, **kwargs) -> Evaluator:
+                   batch_size: int = 1024, *, chunk: int = 16, cache_mb: float = CACHE_MB,
+                   **kwargs) -> Evaluator:
     """The evaluator named ``kind`` (:data:`EVALUATORS`); ``kwargs`` are the BatchNorm
     arguments, the ``precision`` and the ``loss_mean`` of :class:`Evaluator`, ``chunk`` the states ``vmap`` runs
-    at once."""
+    at once, ``cache_mb`` the first-layer memo's budget of ``incremental`` and ``auto``."""
     check_evaluator(kind)
     if kind == "plain":
         return Evaluator(model, splits, batch_size, **kwargs)
     if kind == "incremental":
-        return IncrementalEvaluator(model, splits, batch_size, **kwargs)
+        return IncrementalEvaluator(model, splits, batch_size, cache_mb=cache_mb, **kwargs)
     if kind == "vmap":
         return VectorizedEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
-    return AutoEvaluator(model, splits, batch_size, chunk=chunk, **kwargs)
+    return AutoEvaluator(model, splits, batch_size, chunk=chunk, cache_mb=cache_mb, **kwargs)
 
 
 @dataclasses.dataclass
@@ -66,11 +67,13 @@ class EvaluatorSpec:
     bn_source: str = ""
     precision: str = "fp32"
     loss_mean: str = "example"
+    cache_mb: float = CACHE_MB
 
     def build(self) -> Evaluator:
         return make_evaluator(self.kind, self.model, self.splits, self.batch_size, bn=self.bn,
                               bn_batches=self.bn_batches, bn_source=self.bn_source,
-                              precision=self.precision, loss_mean=self.loss_mean)
+                              precision=self.precision, loss_mean=self.loss_mean,
+                              cache_mb=self.cache_mb)
 
     def to(self, device: torch.device | str) -> EvaluatorSpec:
         """A copy on ``device`` (the model and tensors; CPU to ship it to workers)."""
@@ -91,8 +94,8 @@ class AutoEvaluator(IncrementalEvaluator):
     kind = "auto"
 
     def __init__(self, model: torch.nn.Module, splits: Mapping[str, Split], batch_size: int = 1024,
-                 *, chunk: int = 16, **kwargs) -> None:
-        super().__init__(model, splits, batch_size, **kwargs)
+                 *, chunk: int = 16, cache_mb: float = CACHE_MB, **kwargs) -> None:
+        super().__init__(model, splits, batch_size, cache_mb=cache_mb, **kwargs)
         #: ``"vmap"``, ``"incremental"`` or ``"plain"`` once measured; None before
         self.chosen: str | None = None
         self.vmap: VectorizedEvaluator | None = None

@@ -15,6 +15,7 @@ from ..core.records import data_digest, short_hash
 from .auto import EvaluatorSpec, check_evaluator
 from .batchnorm import batchnorm_modules, check_policy
 from .data import prepare_splits, resolve_device, statistics_batches
+from .incremental import CACHE_MB
 from .plain import Evaluator, check_loss_mean, check_precision
 
 
@@ -32,7 +33,9 @@ class EvalOptions:
     every forward pass (``fp32``: none; ``bf16`` and ``fp16`` change the numbers);
     ``loss_mean``: ``example`` (the mean cross-entropy per example) or ``batch`` (the mean of
     per-batch means of ``batch_size`` examples: the paper's code, at batch 256;
-    :data:`~layerlmc.evaluate.plain.LOSS_MEANS`).
+    :data:`~layerlmc.evaluate.plain.LOSS_MEANS`); ``cache_mb``: the memory (MiB) the
+    ``incremental`` and ``auto`` evaluators may keep first-layer values in across the points
+    of a study (0: none; a setting, not an input: the numbers are the same).
     """
 
     splits: Sequence[str] | None = None
@@ -47,6 +50,7 @@ class EvalOptions:
     evaluator: str = "plain"
     precision: str = "fp32"
     loss_mean: str = "example"
+    cache_mb: float = CACHE_MB
 
 
 @flat_options
@@ -74,7 +78,7 @@ def build_evaluator(model: torch.nn.Module, data: Mapping[str, object], state: S
     source = f"split '{evaluation.bn_split}' (seed {evaluation.seed})"
     spec = EvaluatorSpec(evaluation.evaluator, model.to(target), prepared, evaluation.batch_size,
                          evaluation.bn, batches, source, evaluation.precision,
-                         evaluation.loss_mean)
+                         evaluation.loss_mean, evaluation.cache_mb)
     chosen = spec.build()
     chosen.spec = spec  # how a worker of a distributed executor builds the same evaluator
     chosen.check({k: v.to(target) for k, v in state.items()})
