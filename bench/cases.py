@@ -17,6 +17,9 @@ class Spec:
     pad: int  # zero pixels on each side (ResNet-18 takes 32×32)
     batch: int  # layerlmc's and the floor's batch size
     rounds: int
+    #: the CLI case: ``layerlmc barriers`` run end to end as a subprocess, α ∈ {0, ½, 1} for
+    #: both bases on groups and the full path (the API cases: α=½)
+    cli: bool = False
 
 
 def specs(quick: bool, resnet_width: int, gpu: bool = False, batch: int | None = None) -> dict[str, Spec]:
@@ -51,6 +54,14 @@ def _cpu_specs(resnet_width: int) -> dict[str, Spec]:
         "resnet18": Spec("resnet18", {"in_channels": 1, "width": resnet_width, "norm": "none"},
                          512, 512, 2, 512, 1),
     }
+
+
+def cli_spec(quick: bool) -> Spec:
+    """Issue 14's CLI case: a deep MLP (6 hidden layers of 512) on all 70k Fashion-MNIST images
+    (quick: 2 of 128, 2,048 train images and the whole test split), through the command."""
+    if quick:
+        return Spec("mlp", {"hidden": [128] * 2}, 2048, 10000, 0, 1024, 1, cli=True)
+    return Spec("mlp", {"hidden": [512] * 6}, 60000, 10000, 0, 1024, 1, cli=True)
 
 
 def memory_spec(quick: bool) -> Spec:
