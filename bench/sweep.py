@@ -17,7 +17,11 @@ Methods:
   normalises each uint8 image on its own, α ∈ {0, ½, 1} for both bases per group (4 models per
   group) and the full path, mean of batch means;
 - ``layerlmc:<evaluator>``: one ``layerlmc.barriers`` call for the standard sweep;
-- ``floor``: ``model(x)`` on preloaded tensors, once per distinct state of the sweep and split.
+- ``floor``: ``model(x)`` on preloaded tensors, once per distinct state of the sweep and split;
+- ``layerlmc:plain@bf16``: the plain evaluator under bf16 autocast, reported as its speed-up and
+  its barrier error against fp32;
+- ``cli:<evaluator>`` (the ``mlp-cli`` case): ``layerlmc barriers`` end to end as a subprocess on
+  all 70k Fashion-MNIST images, α ∈ {0, ½, 1} for both bases.
 
 The cases are in bench/cases.py, the baseline in bench/paper.py, the measurements in
 bench/measure.py and the markdown in bench/report.py; this file is the command line.
