@@ -100,7 +100,9 @@ def evaluate_paths(
                               step, unit)
             return records
         # one state alive at a time: every point is built into the same scratch memory
-        scratch = Scratch(a, (interpolated_keys(state_point, a) for _, state_point, _, _ in todo))
+        # (sized for the largest state still to evaluate: stored ones need none)
+        scratch = Scratch(a, (interpolated_keys(state_point, a) for _, state_point, weights, missing
+                              in todo if any((weights, s) not in known for s in missing)))
         for point, state_point, weights, missing in todo:
             state = None
             new = []
