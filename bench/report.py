@@ -282,10 +282,11 @@ def benchmarks_markdown(info, all_specs, chosen, results, memory, notes, quick: 
                          f"{'yes' if ok else 'NO'} |")
             if r is memory[0]:
                 limit = "" if ok else (
-                    f"a and b hold {held / params:.2f}×; the sweep adds "
-                    f"{(peak - held) / params:.2f}×: its one scratch state (the full midpoint, "
-                    "1×), one batch and "
-                    f"{(peak - held - params - acts) / 2**20:.0f} MiB of the runtime's own")
+                    f"a and b hold {held / params:.2f}× (2× and {(held - 2 * params) / 2**20:.0f} "
+                    f"MiB of setup); the sweep adds {(peak - held) / params:.2f}×: its one "
+                    f"scratch state (the full midpoint, 1×) and "
+                    f"{(peak - held - params) / 2**20:.0f} MiB (activations, the runtime's "
+                    f"own), against a batch's activations of {acts / 2**20:.0f} MiB")
                 goals.append(f"| peak memory of a ~100M-parameter sweep < 3× parameter bytes + "
                              f"activations | {peak / params:.2f}× ({r['method']}) | "
                              f"{'met' if ok else 'missed'} | {limit} |")
