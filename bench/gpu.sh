@@ -18,8 +18,6 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 # layerlmc from this checkout, installed or not
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-# the decoded-dataset cache of this run only
-export LAYERLMC_DATA_CACHE="${LAYERLMC_DATA_CACHE:-$(mktemp -d)}"
 if [ "${1:-}" = "--dry-run" ]; then
     exec "$PYTHON" bench/sweep.py --device cpu --quick --models mlp --threads 1 --no-profile \
         --no-cli --no-bf16 --no-memory
