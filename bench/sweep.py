@@ -17,7 +17,11 @@ Methods:
   normalises each uint8 image on its own, α ∈ {0, ½, 1} for both bases per group (4 models per
   group) and the full path, mean of batch means;
 - ``layerlmc:<evaluator>``: one ``layerlmc.barriers`` call for the standard sweep;
-- ``floor``: ``model(x)`` on preloaded tensors, once per distinct state of the sweep and split.
+- ``floor``: ``model(x)`` on preloaded tensors, once per distinct state of the sweep and split;
+- ``layerlmc:plain@bf16``: the plain evaluator under bf16 autocast, reported as its speed-up and
+  its barrier error against fp32;
+- ``cli:<evaluator>`` (the ``mlp-cli`` case): ``layerlmc barriers`` end to end as a subprocess on
+  all 70k Fashion-MNIST images, α ∈ {0, ½, 1} for both bases.
 
 The cases are in bench/cases.py, the baseline in bench/paper.py, the measurements in
 bench/measure.py and the markdown in bench/report.py; this file is the command line.
@@ -35,7 +39,7 @@ if not __package__:  # run as a file (make bench, gpu.sh, every measuring subpro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import ROOT
-from bench.cases import memory_spec, specs
+from bench.cases import cli_spec, memory_spec, specs
 from bench.measure import (
     has_evaluator_option,
     measure_in_subprocess,
@@ -64,6 +68,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="layerlmc's and the floor's batch size [default: per model; 512 on a GPU]")
     parser.add_argument("--no-memory", action="store_true", help="skip the ~100M-parameter test")
+    parser.add_argument("--no-cli", action="store_true",
+                        help="skip the CLI case (layerlmc barriers end to end on all 70k images)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip the bf16 runs (layerlmc:plain@bf16, its barrier error vs fp32)")
     parser.add_argument("--no-profile", action="store_true", help="no profile of missed goals")
     parser.add_argument("--out",
                         help="markdown file (default docs/benchmarks.md; none with --quick)")
@@ -84,6 +92,9 @@ def main() -> None:
     info = machine_info(args.threads, args.device)
     all_specs = specs(args.quick, width, gpu=gpu, batch=args.batch_size)
     chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.no_cli and not any(m.strip() == "mlp-cli" for m in chosen):
+        chosen.append("mlp-cli")
+    all_specs["mlp-cli"] = cli_spec(args.quick)
     for name in chosen:
         if name not in all_specs:
             parser.error(f"unknown model '{name}': choose from {', '.join(all_specs)}")
@@ -99,16 +110,25 @@ def main() -> None:
                      "default (plain) evaluator was measured.")
         evaluators = ["plain"]
     methods = ["baseline", *[f"layerlmc:{e}" for e in evaluators], "floor"]
+    if not args.no_bf16 and not gpu:
+        # issue 14: bf16 autocast on the CPU, timed beside fp32 with the same evaluator
+        methods.insert(-1, "layerlmc:plain@bf16")
+    # the CLI case: the command end to end, every evaluator (vmap stacks 70k-image batches of
+    # every state: not what a user of this case picks)
+    cli_methods = ["baseline", *[f"cli:{e}" for e in evaluators if e != "vmap"], "floor"]
     print(" · ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
+    if "mlp-cli" in chosen:
+        notes.append(prepare_data_cache())
 
     results: dict[str, dict[str, list[dict]]] = {}
     for name in chosen:
         spec = all_specs[name]
         rounds = args.rounds or spec.rounds
-        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        model_methods = cli_methods if spec.cli else methods
+        runs: dict[str, list[dict]] = {m: [] for m in model_methods}
         for r in range(rounds):
             # rotate the order so that no method always runs first (or last) in a round
-            order = methods[r % len(methods):] + methods[: r % len(methods)]
+            order = model_methods[r % len(model_methods):] + model_methods[: r % len(model_methods)]
             for method in order:
                 result = measure_in_subprocess(spec, method, args.threads, device=args.device)
                 runs[method].append(result)
@@ -126,8 +146,7 @@ def main() -> None:
                      if "seconds" in result else result["error"])
             print(f"  memory {method}: {shown}", flush=True)
 
-    text = benchmarks_markdown(info, all_specs, chosen, results, methods, memory, notes,
-                               args.quick)
+    text = benchmarks_markdown(info, all_specs, chosen, results, memory, notes, args.quick)
     profiles = []
     if not args.no_profile:
         profiles = profile_missed_goals(all_specs, results, args.threads, args.device)
@@ -141,6 +160,36 @@ def main() -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
         print(f"written: {out}")
+
+
+def prepare_data_cache() -> str:
+    """The CLI case reads its data through the command, as a user does: the decoded-dataset
+    cache is filled first (in a private folder, removed at exit), so every round measures the
+    steady state; the note says what the first, decoding run costs on top."""
+    import atexit
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="layerlmc-bench-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["LAYERLMC_DATA_CACHE"] = folder  # inherited by every measuring subprocess
+    code = ("import time; from layerlmc.data.fashion_mnist import fashion_mnist as f; "
+            "t = time.perf_counter(); f(); a = time.perf_counter() - t; "
+            "t = time.perf_counter(); f(); print(a, time.perf_counter() - t)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=False)
+    try:
+        cold, warm = (float(v) for v in proc.stdout.split())
+    except ValueError:
+        return f"The decoded-dataset cache could not be filled ({proc.stderr.strip()[-200:]})."
+    return (f"CLI case: Fashion-MNIST's 70k images take {cold:.2f} s to decode from the idx "
+            f"files and {warm:.3f} s to map from the decoded-dataset cache "
+            "(`layerlmc.data.cache`), filled before the rounds; a user's very first run pays "
+            "the difference once.")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import gzip
 import struct
 import textwrap
@@ -50,6 +51,19 @@ DATA_FILE = textwrap.dedent(
         return {"train": split(n_train), "test": split(n_test)}
     """
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_data_cache(tmp_path_factory):
+    """Decoded datasets are cached in a folder of the test session, never the user's cache
+    (subprocesses of the CLI inherit it through the environment)."""
+    previous = os.environ.get("LAYERLMC_DATA_CACHE")
+    os.environ["LAYERLMC_DATA_CACHE"] = str(tmp_path_factory.mktemp("decoded"))
+    yield
+    if previous is None:
+        os.environ.pop("LAYERLMC_DATA_CACHE", None)
+    else:
+        os.environ["LAYERLMC_DATA_CACHE"] = previous
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,6 +15,7 @@ from ..specs import build_data, build_model, parse_kwargs
 from .options import (
     align_options,
     data_options,
+    preload_plots,
     eval_options,
     executor_options,
     group_options,
@@ -68,6 +69,8 @@ def barriers_command(checkpoint_a, checkpoint_b, model_spec, model_args, data_sp
     config = {"a": str(checkpoint_a), "b": str(checkpoint_b), "model": model_spec, "model_args": model_kwargs,
               "data": data_spec, "data_args": data_kwargs, **settings_of(paths, evaluation, alignment),
               "plots": options["plots"]}
+    if options["plots"]:
+        preload_plots()
     model = build_model(model_spec, model_kwargs)
     a, b = load_state_dict(checkpoint_a), load_state_dict(checkpoint_b)
     data = build_data(data_spec, data_kwargs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -271,3 +273,20 @@ def print_table(table: pd.DataFrame, title: str, note: str | None = None) -> Non
 __all__ = ["align_options", "align_to_option", "data_options", "eval_options", "executor_options", "group_options", "model_options",
            "path_options", "precision_option", "print_table", "source_options", "study_alignment", "study_evaluation",
            "study_paths"]
+
+
+def preload_plots(module: str = "layerlmc.plots.barriers") -> threading.Thread:
+    """Import the plotting module (matplotlib, about half a second) in a background thread
+    while the command loads and evaluates, so the figures at the end do not wait for it: the
+    import is off the critical path. A failure here is left to the real import to report."""
+
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the drawing step imports it again and says why
+            pass
+
+    thread = threading.Thread(target=load, name="layerlmc-preload-plots", daemon=True)
+    thread.start()
+    return thread
+

@@ -348,13 +348,23 @@ def _can_be_non_finite(tensor: object) -> bool:
             and tensor.layout == torch.strided and tensor.device.type != "meta")
 
 
+#: elements checked at a time: a mask of a whole large tensor would be a quarter of its bytes
+#: again, allocated and freed per tensor, which the allocator keeps as resident memory
+_FINITE_CHUNK = 1 << 20
+
+
 def _non_finite_counts(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     counts = {}
     for key, tensor in state.items():
         if _can_be_non_finite(tensor):
-            finite = torch.isfinite(tensor.detach())
-            if not bool(finite.all()):
-                counts[key] = int(finite.numel() - finite.sum())
+            flat = tensor.detach().reshape(-1)
+            bad = 0
+            for start in range(0, flat.numel(), _FINITE_CHUNK):
+                finite = torch.isfinite(flat[start : start + _FINITE_CHUNK])
+                if not bool(finite.all()):
+                    bad += int(finite.numel() - finite.sum())
+            if bad:
+                counts[key] = bad
     return counts
 
 
@@ -417,5 +427,6 @@ def state_digest(state: StateDict) -> str:
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        # the tensor's own bytes (a memoryview), not a copy of them
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()[:16]

@@ -2,14 +2,16 @@
 
 A point never copies the state dict: only the tensors of the interpolated keys are new
 (``torch.lerp``), every other entry is the base's own tensor, and the model is evaluated on
-that mapping with ``torch.func.functional_call``.
+that mapping with ``torch.func.functional_call``. A sweep builds its points into one
+:class:`Scratch`, memory allocated once and reused point after point, so that it holds ``a``,
+``b`` and at most one state's worth of interpolated tensors however many points it evaluates.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -160,22 +162,91 @@ def interpolate(
     a: Mapping[str, torch.Tensor],
     b: Mapping[str, torch.Tensor],
     point: Point,
+    scratch: Scratch | None = None,
 ) -> dict[str, torch.Tensor]:
     """The state θ(α) of ``point`` as a mapping for ``functional_call``.
 
-    Interpolated keys are new tensors ``torch.lerp(a, b, α)`` (exactly ``a`` at α=0 and ``b``
-    at α=1); all other entries are the base's tensors themselves, not copies. Integer buffers
-    are never blended: they come from the base (``a`` on the full path).
+    Interpolated keys are tensors ``torch.lerp(a, b, α)`` (exactly ``a`` at α=0 and ``b`` at
+    α=1): new ones, or, with ``scratch``, views of its memory written in place (the same
+    numbers; they stay valid until the scratch is :meth:`~Scratch.reset`). All other entries
+    are the base's tensors themselves, not copies. Integer buffers are never blended: they
+    come from the base (``a`` on the full path).
     """
     base = b if point.path.base == "b" else a
     alpha, keys = point.alpha, point.path.keys
     out = {}
     for key, tensor in base.items():
         if key in keys and tensor.is_floating_point():
-            out[key] = torch.lerp(a[key], b[key], alpha)
+            if scratch is None:
+                out[key] = torch.lerp(a[key], b[key], alpha)
+            else:
+                out[key] = torch.lerp(a[key], b[key], alpha, out=scratch.take(a[key]))
         else:
             out[key] = tensor
     return out
+
+
+def interpolated_keys(point: Point, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys :func:`interpolate` builds new tensors for (its scratch use)."""
+    return [k for k in point.path.keys if k in state and state[k].is_floating_point()]
+
+
+class Scratch:
+    """Memory for the interpolated tensors of the states alive at one time, allocated once and
+    reused: a sweep resets it (:meth:`reset`) between points (or between chunks of points evaluated
+    together), and :func:`interpolate` writes each point's tensors into it with
+    ``torch.lerp(..., out=)`` instead of allocating them anew.
+
+    One flat buffer per (device, dtype), sized for the largest of the ``cycles`` given (each a
+    list of the keys, with repetition, whose tensors are alive together between resets), so
+    the sweep holds a, b and at most that much more. Each tensor starts at a 64-byte boundary,
+    as a fresh allocation would. A buffer is allocated on the first :meth:`take`; on a CPU its
+    pages only count once written. Whoever holds a tensor of the scratch must not keep it past
+    the next :meth:`reset`.
+    """
+
+    ALIGN = 64  # bytes
+
+    def __init__(self, like: Mapping[str, torch.Tensor], cycles: Iterable[Sequence[str]]):
+        self._capacity: dict[tuple, int] = {}
+        for keys in cycles:
+            need: dict[tuple, int] = {}
+            for key in keys:
+                tensor = like[key]
+                slot = (tensor.device, tensor.dtype)
+                need[slot] = need.get(slot, 0) + self._padded(tensor)
+            for slot, count in need.items():
+                self._capacity[slot] = max(self._capacity.get(slot, 0), count)
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._used: dict[tuple, int] = {}
+
+    def _padded(self, tensor: torch.Tensor) -> int:
+        step = max(1, self.ALIGN // tensor.element_size())
+        return -(-tensor.numel() // step) * step
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the scratch reserves (all buffers at full size)."""
+        return sum(count * torch.empty((), dtype=dtype).element_size()
+                   for (_, dtype), count in self._capacity.items())
+
+    def reset(self) -> None:
+        """Every tensor taken so far may now be overwritten."""
+        self._used.clear()
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised, contiguous tensor of ``like``'s shape, dtype and device."""
+        slot = (like.device, like.dtype)
+        start, size = self._used.get(slot, 0), self._padded(like)
+        capacity = self._capacity.get(slot, 0)
+        if start + size > capacity:
+            # a state the cycles did not announce: a tensor of its own, never a silent overlap
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+        buffer = self._buffers.get(slot)
+        if buffer is None:
+            buffer = self._buffers[slot] = torch.empty(capacity, dtype=like.dtype, device=like.device)
+        self._used[slot] = start + size
+        return buffer[start : start + like.numel()].view(like.shape)
 
 
 def _check_bases(bases: Sequence[str]) -> None:

@@ -339,7 +339,8 @@ def data_digest(data: Mapping[str, object]) -> str:
             for part in split:
                 tensor = torch.as_tensor(part)
                 digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                # the tensor's own bytes (a memoryview), not a copy of them
+                digest.update(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
         else:
             digest.update(f"{type(split).__name__}:{len(split) if hasattr(split, '__len__') else ''}".encode())
     return digest.hexdigest()[:16]

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import LayerLMCError
 from ..registry import datasets
+from .cache import cached_tensors
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -99,10 +100,24 @@ def read_idx(path: str | Path) -> np.ndarray:
 def load_idx_split(
     folder: Path, split: str, title: str, mean: float, std: float, normalize: bool = True, classes: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of an MNIST-style idx folder: float32 ``[N, 1, 28, 28]`` images and int64 labels."""
+    """One split of an MNIST-style idx folder: float32 ``[N, 1, 28, 28]`` images and int64 labels.
+
+    The decoded tensors are cached (:mod:`layerlmc.data.cache`, keyed by the files' digest):
+    later runs map them instead of decoding the files again."""
     images_name, labels_name = FILES[split]
     images_path = _find_file(folder, images_name) or folder / images_name
     labels_path = _find_file(folder, labels_name) or folder / labels_name
+    if not (images_path.is_file() and labels_path.is_file()):
+        return _decode_idx_split(images_path, labels_path, split, title, mean, std, normalize, classes)
+    settings = {"title": title, "split": split, "mean": mean, "std": std, "normalize": normalize,
+                "classes": classes}
+    name = "".join(c if c.isalnum() else "-" for c in title.lower()) + f"-{split}"
+    return cached_tensors(name, [images_path, labels_path], settings, lambda: _decode_idx_split(
+        images_path, labels_path, split, title, mean, std, normalize, classes))
+
+
+def _decode_idx_split(images_path: Path, labels_path: Path, split: str, title: str, mean: float,
+                      std: float, normalize: bool, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     images_np, labels_np = read_idx(images_path), read_idx(labels_path)
     # a valid idx file of the wrong kind (labels swapped for images, another image size)
     # would otherwise fail later with a shape error far from its cause

@@ -115,6 +115,11 @@ class Job:
     state this one equals except at the keys in ``changed``: the tensors of every other key
     are the base's own or equal to them (``paths.interpolate`` builds points that way). An
     evaluator that does not use them evaluates ``state`` alone.
+
+    The interpolated tensors of ``state`` live in the sweep's scratch memory
+    (:class:`layerlmc.core.paths.Scratch`): they are valid during the ``evaluate_many`` call
+    that receives the job and are overwritten by later points, so an evaluator keeps nothing
+    that refers to them (activations it computed from them are its own) beyond that call.
     """
 
     state: Mapping[str, torch.Tensor]

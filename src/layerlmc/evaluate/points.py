@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.checkpoints import StateDict
-from ..core.paths import Path, Point, interpolate
+from ..core.paths import Path, Point, Scratch, interpolate, interpolated_keys
 from ..core.records import SCHEMA, RunDir, point_key
 from .plain import Evaluator, Job, Metrics
 
@@ -99,6 +99,10 @@ def evaluate_paths(
             _evaluate_batched(evaluator, a, b, todo, known, float_keys, same, records, run, bar,
                               step, unit)
             return records
+        # one state alive at a time: every point is built into the same scratch memory
+        # (sized for the largest state still to evaluate: stored ones need none)
+        scratch = Scratch(a, (interpolated_keys(state_point, a) for _, state_point, weights, missing
+                              in todo if any((weights, s) not in known for s in missing)))
         for point, state_point, weights, missing in todo:
             state = None
             new = []
@@ -106,7 +110,8 @@ def evaluate_paths(
                 metrics = known.get((weights, split))
                 if metrics is None:
                     if state is None:
-                        state = evaluator.prepare(interpolate(a, b, state_point))
+                        scratch.reset()
+                        state = evaluator.prepare(interpolate(a, b, state_point, scratch))
                     metrics = evaluator.evaluate(state, split)
                     known[(weights, split)] = metrics
                 new.append(point_record(point, split, step, unit, metrics))
@@ -163,9 +168,13 @@ def _evaluate_batched(
             used = 0
         chunks[-1].append((weights, state_point, base, changed))
         used += size
+    # the states of one chunk are alive together; the next chunk reuses their memory
+    scratch = Scratch(a, ([key for _, state_point, _, _ in chunk
+                           for key in interpolated_keys(state_point, a)] for chunk in chunks))
     emitted = 0
     for chunk in chunks:
-        jobs = [Job(interpolate(a, b, state_point), bases[base], changed)
+        scratch.reset()
+        jobs = [Job(interpolate(a, b, state_point, scratch), bases[base], changed)
                 for _, state_point, base, changed in chunk]
         for split in evaluator.splits:
             chosen = [i for i, item in enumerate(chunk) if split in unique[item[0]][1]]
