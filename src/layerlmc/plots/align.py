@@ -12,28 +12,6 @@ import pandas as pd
 from .common import save_png
 
 
-def alignment_rows(before: pd.DataFrame, after: pd.DataFrame, activation: pd.DataFrame | None = None,
-                   metric: str = "loss", split: str = "test",
-                   definition: str = "midpoint") -> pd.DataFrame:
-    """One row per path (full, each group and base, each cumulative prefix): the barrier of
-    the unaligned pair (``before``), of the weight-matched pair (``after``), what weight
-    matching removed, and, given its table, the barrier after activation matching."""
-    def pick(table):
-        chosen = table[(table.metric == metric) & (table.split == split)
-                       & (table.definition == definition) & (table.reference != "path")]
-        keys = chosen[["kind", "group", "group_index", "base", "order"]].apply(
-            lambda r: "|".join(map(str, r)), axis=1)
-        return chosen.assign(key=keys.to_numpy()).set_index("key")
-    x, y = pick(before), pick(after)
-    rows = x[["kind", "group", "group_index", "base", "order"]].copy()
-    rows["before"] = x["value"]
-    rows["after"] = y["value"].reindex(x.index)
-    rows["removed"] = rows["before"] - rows["after"]
-    if activation is not None:
-        rows["activation"] = pick(activation)["value"].reindex(x.index)
-    return rows.reset_index(drop=True)
-
-
 def plot_alignment(rows_by_model: Mapping[str, pd.DataFrame], path: Path,
                    metric: str = "loss") -> Path:
     """Per model (one row of panels): the full and layer-wise barriers (base a) before and

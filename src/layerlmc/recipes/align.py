@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..api import barriers
-from ..plots.align import alignment_rows, plot_alignment
+from ..analyses.pairwise import alignment_rows
 from .pair import CONFIGS, train_pair
 
 #: training examples whose unit outputs activation matching correlates
@@ -66,6 +66,8 @@ def reproduce_align(out: str | Path = "runs/reproduce", epochs: int | None = Non
     table.to_csv(folder / "align.csv", index=False)
     (folder / "align.md").write_text(alignment_markdown(table))
     (folder / "figures").mkdir(exist_ok=True)
+    from ..plots.align import plot_alignment  # matplotlib only when the figure is drawn
+
     plot_alignment(rows_by_model, folder / "figures" / "align.png")
     return table, folder
 
