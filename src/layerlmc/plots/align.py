@@ -45,6 +45,6 @@ def plot_alignment(rows_by_model: Mapping[str, pd.DataFrame], path: Path,
             ax.set_xticks(steps, cumulative["group"], rotation=60, ha="right", fontsize=8)
             ax.legend(fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_title(f"{name}: cumulative from the input (up to the group named; others from a)")
+        ax.set_title(f"{name}: cumulative from the input\n(up to the group named; others from a)")
     fig.tight_layout()
     return save_png(fig, Path(path))
