@@ -266,6 +266,7 @@ def benchmarks_markdown(info, all_specs, chosen, results, memory, notes, quick: 
                    f"sweep on {spec.train} + {spec.test} examples, batch {spec.batch}. "
                    f"{MEMORY_NOTE}"),
                   "", MEMORY_HEADER, "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        measured = []  # (result, parameter bytes, peak, held, within the budget)
         for r in memory:
             if "seconds" not in r:
                 lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | |")
@@ -276,20 +277,31 @@ def benchmarks_markdown(info, all_specs, chosen, results, memory, notes, quick: 
             peak = (r["peak_kib"] - r["rss_import_kib"]) * 1024
             held = (r["rss_setup_kib"] - r["rss_import_kib"]) * 1024
             ok = peak <= budget
+            measured.append((r, params, peak, held, ok))
             lines.append(f"| {r['method']} | {params // 4 / 1e6:.1f}M | {params / 2**20:.0f} | "
                          f"{held / 2**20:.0f} | {(peak - held) / 2**20:.0f} | "
                          f"{peak / 2**20:.0f} | {peak / params:.2f} | {budget / 2**20:.0f} | "
                          f"{'yes' if ok else 'NO'} |")
-            if r is memory[0]:
-                limit = "" if ok else (
-                    f"a and b hold {held / params:.2f}× (2× and {(held - 2 * params) / 2**20:.0f} "
-                    f"MiB of setup); the sweep adds {(peak - held) / params:.2f}×: its one "
-                    f"scratch state (the full midpoint, 1×) and "
-                    f"{(peak - held - params) / 2**20:.0f} MiB (activations, the runtime's "
-                    f"own), against a batch's activations of {acts / 2**20:.0f} MiB")
-                goals.append(f"| peak memory of a ~100M-parameter sweep < 3× parameter bytes + "
-                             f"activations | {peak / params:.2f}× ({r['method']}) | "
-                             f"{'met' if ok else 'missed'} | {limit} |")
+        if measured:
+            # the goal is met by the sweep that holds least; why the others hold more is said
+            best, params, peak, held, ok = min(measured, key=lambda m: m[2] / m[1])
+            reasons = []
+            for r, params_r, peak_r, held_r, ok_r in measured:
+                if ok_r or r["method"] != "layerlmc:plain":
+                    continue
+                reasons.append(
+                    f"layerlmc:plain holds {peak_r / params_r:.2f}×: a and b "
+                    f"{held_r / params_r:.2f}×, and it builds each state whole, so the sweep adds "
+                    f"{(peak_r - held_r) / params_r:.2f}×: its one scratch state (the full "
+                    f"midpoint, 1×) and {(peak_r - held_r - params_r) / 2**20:.0f} MiB "
+                    f"(activations, the runtime's own), against a batch's activations of "
+                    f"{acts / 2**20:.0f} MiB")
+            if ok and reasons:
+                reasons.append(f"{best['method']} reads each state lazily, one module's "
+                               f"interpolated tensors at a time, and builds no state")
+            goals.append(f"| peak memory of a ~100M-parameter sweep < 3× parameter bytes + "
+                         f"activations | {peak / params:.2f}× ({best['method']}) | "
+                         f"{'met' if ok else 'missed'} | {'; '.join(reasons)} |")
         lines += [""]
     if bf16_lines:
         lines += ["## bf16 on the CPU", "", BF16_NOTE, "", BF16_HEADER,

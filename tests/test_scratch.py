@@ -1,11 +1,15 @@
 """The sweep's scratch state (core.paths.Scratch): points are built into memory reused point
-after point, and the records are bit for bit those of fresh tensors per point."""
+after point, and the records are bit for bit those of fresh tensors per point. Lazy states
+(core.paths.LazyState) for the incremental evaluator: no state is built at all."""
+
+import weakref
 
 import torch
 from torch import nn
 
 from layerlmc.core.groups import layer_groups
 from layerlmc.core.paths import (
+    LazyState,
     Scratch,
     cumulative_paths,
     full_path,
@@ -13,7 +17,7 @@ from layerlmc.core.paths import (
     interpolate,
     interpolated_keys,
 )
-from layerlmc.evaluate import Evaluator, prepare_splits
+from layerlmc.evaluate import Evaluator, IncrementalEvaluator, prepare_splits
 from layerlmc.evaluate.points import endpoint_paths, evaluate_paths
 
 
@@ -117,3 +121,65 @@ def test_batched_chunks_share_the_scratch_without_overwriting_each_other():
     key = lambda r: (r["kind"], r["group"], r["base"], r["order"], r["alpha"], r["split"])  # noqa: E731
     assert {key(r): (r["loss"], r["accuracy"]) for r in batched} == {
         key(r): (r["loss"], r["accuracy"]) for r in plain}
+
+
+def test_a_lazy_state_is_the_interpolated_state_and_computes_nothing_until_read():
+    _, a, b, _, paths = _setup()
+    for path in paths:
+        for point in path.points():
+            lazy, built = LazyState(a, b, point), interpolate(a, b, point)
+            assert list(lazy) == list(built) and len(lazy) == len(built)
+            base = b if point.path.base == "b" else a
+            for key in built:
+                assert torch.equal(lazy[key], built[key])  # bit for bit
+                if key not in lazy.keys_interpolated:
+                    assert lazy[key] is base[key]
+                else:  # a new tensor per read: nothing of it is kept
+                    assert lazy[key] is not lazy[key]
+            pointers = {t.data_ptr() for t in lazy.sources()}
+            assert {base[k].data_ptr() for k in base} <= pointers
+
+
+def _alive_interpolated_bytes(monkeypatch):
+    """Track the bytes of the tensors LazyState reads produce that are alive at once."""
+    alive, peak = [0], [0]
+    read = LazyState.__getitem__
+
+    def tracked(self, key):
+        tensor = read(self, key)
+        if key in self.keys_interpolated:
+            size = tensor.numel() * tensor.element_size()
+            alive[0] += size
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(tensor, lambda: alive.__setitem__(0, alive[0] - size))
+        return tensor
+
+    monkeypatch.setattr(LazyState, "__getitem__", tracked)
+    return peak
+
+
+def test_the_incremental_sweep_builds_no_state_and_holds_one_module_at_a_time(monkeypatch):
+    torch.manual_seed(0)
+    model, other = (nn.Sequential(nn.Linear(5, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),
+                                  nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3)) for _ in range(2))
+    a, b = dict(model.state_dict()), dict(other.state_dict())
+    x, y = torch.randn(50, 5), torch.randint(0, 3, (50,))
+    splits = prepare_splits({"train": (x, y), "test": (x[:21] + 0.5, y[:21])})
+    groups = layer_groups(a)
+    paths = [full_path(list(a), (0.5,)), *group_paths(groups, ("a", "b"), (0.5, 1.0)),
+             *cumulative_paths(groups, "deep", ("a", "b"), (0.5,))]
+    plain = evaluate_paths(Evaluator(model, splits, batch_size=16), a, b, paths, progress=False)
+
+    def no_scratch(self, like):
+        raise AssertionError("the incremental sweep took scratch memory")
+
+    monkeypatch.setattr(Scratch, "take", no_scratch)
+    peak = _alive_interpolated_bytes(monkeypatch)
+    incremental = IncrementalEvaluator(model, splits, batch_size=16)
+    assert incremental.incremental and incremental.reads_lazily
+    records = evaluate_paths(incremental, a, b, paths, progress=False)
+    assert [(r["loss"], r["accuracy"]) for r in records] == [
+        (r["loss"], r["accuracy"]) for r in plain]  # bit for bit
+    # the full midpoint is read module by module: at most one Linear's weight and bias alive
+    largest = max(sum(a[k].numel() * a[k].element_size() for k in g.keys) for g in groups)
+    assert 0 < peak[0] <= largest

@@ -4,7 +4,10 @@ A point never copies the state dict: only the tensors of the interpolated keys a
 (``torch.lerp``), every other entry is the base's own tensor, and the model is evaluated on
 that mapping with ``torch.func.functional_call``. A sweep builds its points into one
 :class:`Scratch`, memory allocated once and reused point after point, so that it holds ``a``,
-``b`` and at most one state's worth of interpolated tensors however many points it evaluates.
+``b`` and at most one state's worth of interpolated tensors however many points it evaluates;
+for an evaluator that reads a state one module at a time (the incremental one) it hands over
+:class:`LazyState` mappings instead, whose interpolated tensors exist only while a module
+runs, so that it holds ``a``, ``b`` and one module's worth.
 """
 
 from __future__ import annotations
@@ -184,6 +187,49 @@ def interpolate(
         else:
             out[key] = tensor
     return out
+
+
+class LazyState(Mapping):
+    """The state θ(α) of a point, as :func:`interpolate` builds it, whose interpolated tensors
+    are computed each time they are read (``torch.lerp(a, b, α)``, the same numbers) and held
+    by nobody else: a reader that takes one module's tensors at a time holds at most that
+    module's worth of new tensors, so a sweep holds ``a``, ``b`` and no state besides them.
+    Every other entry is the base's own tensor. Iterating or ``dict(...)`` builds the whole
+    state (:func:`materialize`); the incremental evaluator reads it node by node."""
+
+    def __init__(self, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
+                 point: Point):
+        self._a, self._b, self.alpha = a, b, point.alpha
+        self._base = b if point.path.base == "b" else a
+        self.keys_interpolated = frozenset(interpolated_keys(point, self._base))
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key in self.keys_interpolated:
+            return torch.lerp(self._a[key], self._b[key], self.alpha)
+        return self._base[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._base
+
+    def sources(self) -> Iterator[torch.Tensor]:
+        """Every tensor the state's values are read from (the base's, and ``b``'s or ``a``'s
+        for the interpolated keys), without computing any."""
+        yield from self._base.values()
+        other = self._a if self._base is self._b else self._b
+        for key in self.keys_interpolated:
+            yield other[key]
+
+
+def materialize(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state`` with every tensor computed once: a :class:`LazyState` as a dict, anything
+    else itself."""
+    return dict(state) if isinstance(state, LazyState) else state
 
 
 def interpolated_keys(point: Point, state: Mapping[str, torch.Tensor]) -> list[str]:

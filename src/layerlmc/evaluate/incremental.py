@@ -33,6 +33,7 @@ import torch.fx
 from torch.func import functional_call
 
 from ..core.groups import tied_keys
+from ..core.paths import LazyState
 from ..errors import LayerLMCError
 from .data import Split
 from .plain import Evaluator, Job, Metrics, in_precision
@@ -129,6 +130,12 @@ class IncrementalEvaluator(Evaluator):
     def incremental(self) -> bool:
         """Whether points are evaluated incrementally (the model traced and was verified)."""
         return self.graph is not None
+
+    @property
+    def reads_lazily(self) -> bool:  # type: ignore[override]
+        """Node by node, a job's tensors are read only as its modules run: where the model
+        traced, a sweep need not build whole states for it."""
+        return self.incremental
 
     def _fall_back(self, err: BaseException | str) -> None:
         text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
@@ -310,7 +317,9 @@ class IncrementalEvaluator(Evaluator):
                 j = self._inputs[i][0]
                 value = env[j]
                 if protected is None:
-                    protected = _storages(state.values(), cache.values(), (inputs,),
+                    # a lazy state's own values are computed per read: protect its sources
+                    values = state.sources() if isinstance(state, LazyState) else state.values()
+                    protected = _storages(values, cache.values(), (inputs,),
                                           (dict.get(env, n) for n, _ in schedule.reads))
                 if _owned(value, j, env, protected):
                     env[i] = self._in_place[i](value)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..core.groups import tied_keys
+from ..core.paths import materialize
 from ..errors import LayerLMCError, did_you_mean
 from .batchnorm import (
     batchnorm_mode,
@@ -120,6 +121,9 @@ class Job:
     (:class:`layerlmc.core.paths.Scratch`): they are valid during the ``evaluate_many`` call
     that receives the job and are overwritten by later points, so an evaluator keeps nothing
     that refers to them (activations it computed from them are its own) beyond that call.
+    For an evaluator that :attr:`~Evaluator.reads_lazily`, ``state`` is a
+    :class:`~layerlmc.core.paths.LazyState` instead, whose interpolated tensors are new each
+    time they are read.
     """
 
     state: Mapping[str, torch.Tensor]
@@ -163,6 +167,10 @@ class Evaluator:
     #: which evaluator this is (``--evaluator``); the batched ones answer :meth:`evaluate_many`
     #: with the same numbers by other means
     kind = "plain"
+    #: whether :meth:`evaluate_many` reads a job's interpolated tensors one module at a time,
+    #: so that a sweep hands it :class:`~layerlmc.core.paths.LazyState` mappings instead of
+    #: building every state into scratch memory (:func:`layerlmc.evaluate.points.evaluate_paths`)
+    reads_lazily = False
 
     def __init__(
         self,
@@ -211,7 +219,7 @@ class Evaluator:
         otherwise ``state`` itself. Prepare a state once to evaluate it on several splits;
         :meth:`evaluate` prepares a state that is not."""
         if not self.bn_batches or isinstance(state, _Recomputed):
-            return state
+            return materialize(state)
         fresh = _Recomputed(fresh_statistics(state, self.bn_modules))
         # a cumulative average (momentum None): every batch weighs the same, whatever the order
         with batchnorm_mode(self.bn_modules, momentum=None):
@@ -223,7 +231,7 @@ class Evaluator:
     @torch.inference_mode()
     def evaluate(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
         data = self.splits[split]
-        state = self.prepare(state)
+        state = self.prepare(state)  # a lazy state is computed once here, not once per batch
         totals = self._totals(1)
         # batch statistics normalise, and nothing is tracked: the stored buffers stay as they are
         batch_stats = self.bn == "batch-stats" and self.bn_modules
@@ -246,6 +254,7 @@ class Evaluator:
     @torch.inference_mode()
     def check(self, state: Mapping[str, torch.Tensor]) -> None:
         """Fail early, with a clear message, when labels do not fit the model's outputs."""
+        state = materialize(state)
         for name, data in self.splits.items():
             logits = self._forward(state, data.inputs[:2], name)
             self._check_labels(name, logits, data.labels)

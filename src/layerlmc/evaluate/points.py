@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.checkpoints import StateDict
-from ..core.paths import Path, Point, Scratch, interpolate, interpolated_keys
+from ..core.paths import LazyState, Path, Point, Scratch, interpolate, interpolated_keys
 from ..core.records import SCHEMA, RunDir, point_key
 from .plain import Evaluator, Job, Metrics
 
@@ -136,7 +136,10 @@ def _evaluate_batched(
     chunks of points that share a base, and records are written in the plain loop's order.
 
     A chunk holds at most :data:`CHUNK_POINTS` states whose new tensors together take at most
-    the bytes of one state (at least one point), so memory stays bounded whatever the path."""
+    the bytes of one state (at least one point), so memory stays bounded whatever the path.
+    An evaluator that :attr:`~Evaluator.reads_lazily` gets :class:`LazyState` mappings, which
+    hold no interpolated tensor between its reads: then the sweep holds ``a``, ``b`` and what
+    the evaluator computes, and no scratch state."""
     bases = {"a": a, "b": b}
     budget = sum(a[k].numel() * a[k].element_size() for k in float_keys)
     unique: dict[tuple, tuple[Point, set[str]]] = {}
@@ -168,13 +171,16 @@ def _evaluate_batched(
             used = 0
         chunks[-1].append((weights, state_point, base, changed))
         used += size
+    lazy = evaluator.reads_lazily
     # the states of one chunk are alive together; the next chunk reuses their memory
-    scratch = Scratch(a, ([key for _, state_point, _, _ in chunk
-                           for key in interpolated_keys(state_point, a)] for chunk in chunks))
+    scratch = Scratch(a, [] if lazy else ([key for _, state_point, _, _ in chunk
+                                           for key in interpolated_keys(state_point, a)]
+                                          for chunk in chunks))
     emitted = 0
     for chunk in chunks:
         scratch.reset()
-        jobs = [Job(interpolate(a, b, state_point, scratch), bases[base], changed)
+        jobs = [Job(LazyState(a, b, state_point) if lazy else interpolate(a, b, state_point, scratch),
+                    bases[base], changed)
                 for _, state_point, base, changed in chunk]
         for split in evaluator.splits:
             chosen = [i for i, item in enumerate(chunk) if split in unique[item[0]][1]]
