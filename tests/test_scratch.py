@@ -183,3 +183,34 @@ def test_the_incremental_sweep_builds_no_state_and_holds_one_module_at_a_time(mo
     # the full midpoint is read module by module: at most one Linear's weight and bias alive
     largest = max(sum(a[k].numel() * a[k].element_size() for k in g.keys) for g in groups)
     assert 0 < peak[0] <= largest
+
+
+def test_a_lazy_sweep_hands_each_base_its_points_in_one_call(monkeypatch):
+    """Built states are chunked to one state's bytes; lazy ones hold nothing, so a base's points
+    (its endpoint, every group path of it, the full path) go in one call per split and the
+    base's values are computed once per batch, not once per chunk."""
+    torch.manual_seed(0)
+    model, other = (nn.Sequential(nn.Linear(5, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),
+                                  nn.Linear(40, 3)) for _ in range(2))
+    a, b = dict(model.state_dict()), dict(other.state_dict())
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    splits = prepare_splits({"train": (x, y), "test": (x[:20], y[:20])})
+    paths = [full_path(list(a), (0.0, 0.5, 1.0)),
+             *group_paths(layer_groups(a), ("a", "b"), (0.0, 0.5, 1.0))]
+    calls = []
+    evaluate_many = IncrementalEvaluator.evaluate_many
+
+    def counted(self, jobs, split):
+        calls.append((split, {id(job.base) for job in jobs}, len(jobs)))
+        return evaluate_many(self, jobs, split)
+
+    monkeypatch.setattr(IncrementalEvaluator, "evaluate_many", counted)
+    incremental = IncrementalEvaluator(model, splits, batch_size=16)
+    records = evaluate_paths(incremental, a, b, paths, progress=False)
+    plain = evaluate_paths(Evaluator(model, splits, batch_size=16), a, b, paths, progress=False)
+    assert [(r["loss"], r["accuracy"]) for r in records] == [
+        (r["loss"], r["accuracy"]) for r in plain]
+    # per split: base a's endpoint, 3 groups × 2 new states and the full midpoint; base b's 7
+    assert all(len(bases) == 1 for _, bases, _ in calls)
+    assert sorted((split, count) for split, _, count in calls) == [
+        ("test", 7), ("test", 8), ("train", 7), ("train", 8)]

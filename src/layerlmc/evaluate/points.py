@@ -136,7 +136,8 @@ def _evaluate_batched(
     chunks of points that share a base, and records are written in the plain loop's order.
 
     A chunk holds at most :data:`CHUNK_POINTS` states whose new tensors together take at most
-    the bytes of one state (at least one point), so memory stays bounded whatever the path.
+    the bytes of one state (at least one point), so memory stays bounded whatever the path;
+    lazy states (below) hold no tensors, so only the count bounds their chunks.
     An evaluator that :attr:`~Evaluator.reads_lazily` gets :class:`LazyState` mappings, which
     hold no interpolated tensor between its reads: then the sweep holds ``a``, ``b`` and what
     the evaluator computes, and no scratch state."""
@@ -161,17 +162,19 @@ def _evaluate_batched(
     # base of (its own evaluation is the run they reuse), single groups fill one chunk, and
     # a point that changes everything (the full path) comes last, where nothing is reused
     entries.sort(key=lambda entry: (entry[2], entry[4]))
+    lazy = evaluator.reads_lazily
     chunks: list[list[tuple]] = []
     used = 0
     for weights, state_point, base, changed, size in entries:
         current = chunks[-1] if chunks else None
+        # lazy states hold no tensor, so their bytes bound nothing: a base's points then share
+        # one chunk, and the base's values are computed once per batch instead of once a chunk
         if (current is None or current[0][2] != base or len(current) >= CHUNK_POINTS
-                or used + size > budget):
+                or (not lazy and used + size > budget)):
             chunks.append([])
             used = 0
         chunks[-1].append((weights, state_point, base, changed))
         used += size
-    lazy = evaluator.reads_lazily
     # the states of one chunk are alive together; the next chunk reuses their memory
     scratch = Scratch(a, [] if lazy else ([key for _, state_point, _, _ in chunk
                                            for key in interpolated_keys(state_point, a)]
