@@ -293,6 +293,16 @@ def test_robustness_align(tmp_path):
     assert (tmp_path / "rob" / "permutations.safetensors").exists()
 
 
+def test_the_report_page_shows_the_alignment(tmp_path):
+    model, data = _steps_of_permuted_copies(tmp_path, same_permutation=True)
+    a, b = tmp_path / "a" / "epoch_0002.safetensors", tmp_path / "b" / "epoch_0002.safetensors"
+    layerlmc.barriers(model, a, b, data, out=tmp_path / "ab", align="weight", plots=False)
+    stored = json.loads((tmp_path / "ab" / "run.json").read_text())["inputs"]["alignment"]
+    assert stored.startswith("weight matching")
+    page = layerlmc.report(tmp_path / "ab").read_text()
+    assert "alignment" in page and stored in page
+
+
 def test_cli_barriers_align_on_a_user_model_and_refusal(user_files, capsys):
     f = user_files
     out = f["dir"] / "run"
