@@ -117,6 +117,30 @@ def logic_layers(state) -> dict[str, list[str]]:
     return groups
 
 
+def sweep_states(groups: int, cli: bool) -> set[tuple[str, ...]]:
+    """The distinct network states of the sweep, each as the weights of every group in order:
+    ``a``, ``b`` or ``m`` (their midpoint). The API sweep: a, b, the full midpoint and each
+    group at α=½ from either base; the CLI case (α ∈ {0, ½, 1}) adds each group swapped in."""
+    states = {("a",) * groups, ("b",) * groups, ("m",) * groups}
+    for k in range(groups):
+        for base, others in (("a", "mb" if cli else "m"), ("b", "am" if cli else "m")):
+            for weights in others:
+                state = [base] * groups
+                state[k] = weights
+                states.add(tuple(state))
+    return states
+
+
+def shared_fraction(states: set[tuple[str, ...]], work: list[tuple[float, frozenset[int]]]) -> float:
+    """The cost of evaluating ``states`` with every value computed once per distinct weights it
+    depends on, as a fraction of one whole forward pass per state. ``work`` lists each step of a
+    forward pass as (its cost, the groups whose weights it depends on, by position in a state):
+    two states that agree on those groups compute that step alike."""
+    shared = sum(cost * len({tuple(state[g] for g in sorted(depends)) for state in states})
+                 for cost, depends in work)
+    return shared / (len(states) * sum(cost for cost, _ in work))
+
+
 def point_key(kind: str, group: str, base: str | None, alpha: float, split: str) -> str:
     """One (point, split) of the sweep, named the same by every method so they can be compared."""
     return f"{kind}|{group}|{base}|{alpha:g}|{split}"

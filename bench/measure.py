@@ -32,6 +32,8 @@ from bench.cases import (
     model_constructor,
     point_key,
     preloaded_tensors,
+    shared_fraction,
+    sweep_states,
 )
 from bench.paper import run_baseline
 
@@ -103,14 +105,63 @@ def run_layerlmc(spec: Spec, model, a, b, data: dict, evaluator: str, device,
             [r["loss"], r["accuracy"], r["loss"]] for r in captured}
 
 
+def sweep_groups(a) -> list[str]:
+    """The groups the sweep moves: the logic layers with floating-point tensors."""
+    return [g for g, keys in logic_layers(a).items() if any(a[k].is_floating_point() for k in keys)]
+
+
+def sharing_bound(spec: Spec, model, a, data: dict, repeats: int = 3) -> float | None:
+    """:func:`~bench.cases.shared_fraction` of the sweep's states: the model traced with
+    torch.fx, each node's dependence on the groups read off the graph and its cost timed on the
+    first batch of the first split (best of ``repeats``). None where the model does not trace
+    or a group's weights are read nowhere in the graph."""
+    import torch
+    import torch.fx
+
+    groups = sweep_groups(a)
+    position = {g: i for i, g in enumerate(groups)}
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any model that does not trace has no bound here
+        return None
+    x = next(iter(data.values()))[0][: spec.batch]
+    # a GPU queues kernels: a node's time is only its own once the queue is drained
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    costs: dict[str, float] = {}
+
+    class Timed(torch.fx.Interpreter):
+        def run_node(self, node):
+            sync()
+            start = time.perf_counter()
+            result = super().run_node(node)
+            sync()
+            elapsed = time.perf_counter() - start
+            costs[node.name] = min(costs.get(node.name, elapsed), elapsed)
+            return result
+
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first run pays one-time costs; the minimum drops it
+            Timed(traced).run(x)
+    depends: dict[str, frozenset[int]] = {}
+    for node in traced.graph.nodes:
+        own = set()
+        if node.op == "call_module" and node.target in position:
+            own.add(position[node.target])
+        elif node.op == "get_attr" and str(node.target).rsplit(".", 1)[0] in position:
+            own.add(position[str(node.target).rsplit(".", 1)[0]])
+        depends[node.name] = frozenset(own).union(*(depends[n.name] for n in node.all_input_nodes))
+    if set().union(*depends.values()) != set(range(len(groups))):
+        return None
+    states = sweep_states(len(groups), spec.cli)
+    return shared_fraction(states, [(costs[name], depends[name]) for name in depends])
+
+
 def run_floor(spec: Spec, model, a, data: dict) -> dict[str, list[float]]:
     import torch
 
     # the distinct states of the standard sweep: a, b, the full midpoint, 2 per group (α=½ for
     # both bases); the CLI case's α ∈ {0, ½, 1} adds a with b's group and b with a's: 4 per group
-    groups = [g for g, keys in logic_layers(a).items()
-              if any(a[k].is_floating_point() for k in keys)]
-    states = 3 + (4 if spec.cli else 2) * len(groups)
+    states = len(sweep_states(len(sweep_groups(a)), spec.cli))
     with torch.inference_mode():
         for _ in range(states):
             for x, _y in data.values():
@@ -189,6 +240,8 @@ def measure_in_this_process(job: dict) -> dict:
     a = model.state_dict()
     torch.manual_seed(1)
     b = make(**kwargs).to(device).state_dict()
+    # the floor's process also times the nodes of one forward pass, before its clock
+    bound = sharing_bound(spec, model, a, data) if method == "floor" else None
     # one-time costs (oneDNN primitives, first allocations) are nobody's: warm up before timing
     with torch.inference_mode():
         sample = torch.zeros(min(spec.batch, 8), 1, 28 + 2 * spec.pad, 28 + 2 * spec.pad)
@@ -236,7 +289,7 @@ def measure_in_this_process(job: dict) -> dict:
     result = {"method": method, "seconds": seconds, "rss_import_kib": rss_import,
               "rss_setup_kib": rss_setup, "peak_kib": peak, "records": records,
               "param_bytes": sum(t.numel() * t.element_size() for t in a.values()),
-              "groups": len(logic_layers(a))}
+              "groups": len(logic_layers(a)), "sharing_bound": bound}
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
