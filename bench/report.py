@@ -35,7 +35,10 @@ of an evaluation does not depend on training.
   fraction of the floor. Measured in the floor's process: the model traced with torch.fx, each
   node's groups read off the graph and its cost timed on one batch (best of 3). It is the least
   work of an evaluation that shares only equal values; going below it takes values computed
-  from other states' results (a single layer is linear in α) or cheaper flops (bf16).
+  from other states' results (a single layer is linear in α) or cheaper flops (bf16). Timed
+  node by node, it is an estimate, good to about 10 % (a node timed alone runs without a whole
+  pass's in-place activations and cache state): a sweep within that of it has nothing left to
+  share.
 - **cli:E** (the `mlp-cli` case): the command `layerlmc barriers ... --evaluator E` end to end, as
   a subprocess, on all 70k images with α ∈ {0, ½, 1}.
 - **layerlmc:plain@bf16**: the plain evaluator under bf16 autocast; its barrier error against
@@ -66,6 +69,8 @@ BF16_NOTE = (
 BF16_HEADER = ("| case | method | speed-up vs fp32 | barrier error (nats) | largest fp32 barrier "
                "(nats) | loss, relative | accuracy |")
 
+#: how far above the sharing bound a sweep still counts as at it (the bound is an estimate)
+SHARING_ACCURACY = 1.1
 MEMORY_NOTE = (
     "Peak = the process's peak RSS during the sweep minus its RSS after the imports, the data and "
     "a first torch operation, so it counts the endpoints `a` and `b` (\"held\"; the model shares "
@@ -214,10 +219,10 @@ def benchmarks_markdown(info, all_specs, chosen, results, memory, notes, quick: 
             lines += [f"- cost per state as a fraction of the forward floor ({states} states "
                       f"per split): {', '.join(per_state)}."]
         if bound:
-            lines += [f"- sharing bound: **{bound:.2f}** of the floor"
-                      + (f", so no evaluation that shares only equal values is more than "
-                         f"{base['seconds'] / floor['seconds'] / bound:.1f}× faster than the "
-                         f"baseline." if base else ".")]
+            lines += [f"- sharing bound: ≈ **{bound:.2f}** of the floor"
+                      + (f", so an exact evaluation that shares only equal values gets to about "
+                         f"{base['seconds'] / floor['seconds'] / bound:.1f}× the baseline's "
+                         f"speed." if base else ".")]
         # agreement: every layerlmc evaluator against the baseline and against each other
         # fp32 runs are checked to 1e-6; bf16 runs are reported as their error against fp32
         evaluated = [m for m in methods if m.startswith(("layerlmc:", "cli:")) and tops[m]
@@ -260,9 +265,13 @@ def benchmarks_markdown(info, all_specs, chosen, results, memory, notes, quick: 
                          f"needs the sweep at {ceiling / target:.2f}× the floor; the best is "
                          f"{fastest['seconds'] / floor['seconds']:.2f}×")
                 if bound:
-                    limit += (f"; computing every value once per distinct weights it depends "
-                              f"on costs {bound:.2f}× (so at most {ceiling / bound:.1f}× the "
-                              f"baseline)")
+                    best = fastest["seconds"] / floor["seconds"]
+                    # the bound is timed node by node: within its accuracy, the sweep is at it
+                    where = ("at the sharing bound" if best <= bound * SHARING_ACCURACY
+                             else "above the sharing bound")
+                    limit += (f", {where} (≈ {bound:.2f}×: computing every value once per "
+                              f"distinct weights it depends on; about {ceiling / bound:.1f}× the "
+                              f"baseline at most)")
             goals.append(f"| layerlmc ≥ {target}× faster than the baseline on {name} | "
                          f"{speedup:.1f}× ({fastest['method']}) | "
                          f"{'met' if speedup >= target else 'missed'} | {limit} |")
